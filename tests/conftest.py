@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """One tiny synthetic benchmark shared by the tests that only read it."""
+    from omnifer.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    return generate(out, preset="tiny", seed=0, size=48)
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the ``omnifer`` entry point in-process: returns (exit code, stdout, stderr)."""
+    from omnifer.cli.main import main
+
+    def run(*args, env=None):
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.json = lambda *args: json.loads(run("--json", *args)[1])
+    return run
