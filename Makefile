@@ -16,6 +16,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/omnifer --workspace demo synth demo/data
+	$(BIN)/omnifer --workspace demo data check demo/data/labeled.toml
+	$(BIN)/omnifer --workspace demo status
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -18,8 +18,9 @@ def command() -> None:
               help="folder, csv, parquet, hf or toml [default: inferred from PATH].")
 @click.option("--label-order", default=None,
               help="Order of integer expression labels, e.g. rafdb, affectnet, fer2013.")
-@click.option("--on-bad-files", type=click.Choice(["error", "warn", "skip"]), default="error",
-              show_default=True, help="What a bad row (missing/corrupt image, bad label) does.")
+@click.option("--on-bad-files", type=click.Choice(["error", "warn", "skip"]), default=None,
+              help="What a bad row (missing/corrupt image, bad label) does "
+                   "[default: a TOML spec's own setting, else error].")
 @pass_ctx
 def check(ctx: Context, path: str, fmt: str | None, label_order: str | None,
           on_bad_files: str) -> None:
