@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omnifer.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
 from omnifer.errors import OmniferError
 from omnifer.labels import EXPRESSIONS
 from omnifer.synth.config import SynthConfig, resolve_config
@@ -253,22 +254,8 @@ def _check_out_dir(out: Path, config: SynthConfig, seed: int) -> None:
         f"{out} is not empty and holds no synth.json; choose an empty or new output directory")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    from omnifer.artifacts import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    from omnifer.artifacts import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
 def _write_parquet(path: Path, table) -> None:
     import pyarrow.parquet as pq
-
-    from omnifer.artifacts import atomic_path
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -329,7 +316,7 @@ def generate(
     out = Path(out_dir)
     _check_out_dir(out, config, seed)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_json(out / ".synth-partial.json", {"config": config.to_dict(), "seed": seed,
+    atomic_write_json(out / ".synth-partial.json", {"config": config.to_dict(), "seed": seed,
                                                 "preset": preset})
     for cls in EXPRESSIONS:
         (out / "labeled/expr" / cls).mkdir(parents=True, exist_ok=True)
@@ -391,7 +378,7 @@ def generate(
     seconds = time.perf_counter() - t0
     from omnifer import __version__
 
-    _atomic_json(out / "synth.json", {
+    atomic_write_json(out / "synth.json", {
         "generator": "omnifer synth", "format_version": FORMAT_VERSION, "version": __version__,
         "preset": preset, "seed": seed, "config": config.to_dict(), "counts": counts,
         "details": details,
@@ -424,9 +411,9 @@ def _write_tables(out: Path, config: SynthConfig, split_rows, id_offsets: dict) 
         lines = ["image,valence,arousal"]
         lines += [f"{Path(f).relative_to('labeled/va').as_posix()},{x:.4f},{y:.4f}"
                   for f, x, y in zip(files, v, a)]
-        _atomic_bytes(out / "labeled/va/labels.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(out / "labeled/va/labels.csv", ("\n".join(lines) + "\n").encode())
     else:
-        _atomic_bytes(out / "labeled/va/labels.csv", b"image,valence,arousal\n")
+        atomic_write_bytes(out / "labeled/va/labels.csv", b"image,valence,arousal\n")
     counts["va"] = config.n_va
     # au: Parquet manifest.
     au = split_rows("au")
@@ -467,11 +454,11 @@ def _write_tables(out: Path, config: SynthConfig, split_rows, id_offsets: dict) 
         _toml_db("synth-au", "labeled/au/labels.parquet", "parquet", ["au"]),
         _toml_db("synth-multi", "labeled/multi", "hf", ["expression", "va", "au"]),
     ])
-    _atomic_bytes(out / "labeled.toml", labeled.encode())
+    atomic_write_bytes(out / "labeled.toml", labeled.encode())
     test = ("# omnifer synthetic benchmark: test set with every label\n"
             'on_bad_files = "error"\n\n'
             + _toml_db("synth-test", "test/labels.parquet", "parquet", ["expression", "va", "au"]))
-    _atomic_bytes(out / "test.toml", test.encode())
+    atomic_write_bytes(out / "test.toml", test.encode())
     return counts
 
 
@@ -581,8 +568,6 @@ def _write_contact_sheets(out: Path, config: SynthConfig, split_rows, per_class:
                 img.paste(face.convert("RGB"), (x, y))
             d.text((x + 2, y + s), text[: max(4, s // 6)], fill=(0, 0, 0))
         path = out / name
-        from omnifer.artifacts import atomic_path
-
         with atomic_path(path) as tmp:
             img.save(tmp, format="PNG")
         paths.append(path)
