@@ -11,3 +11,9 @@ class OmniferError(Exception):
 
 class ConfigMismatchError(OmniferError):
     """A resume or a combination of inputs would mix outputs made with different configs."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message squeezed onto one line (its type name when it has none)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

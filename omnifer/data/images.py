@@ -14,6 +14,8 @@ import re
 import threading
 from typing import Any
 
+from omnifer.errors import one_line
+
 #: File extensions the folder reader picks up (compared lower-case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -44,7 +46,7 @@ def check_image(data: bytes) -> str | None:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... on bad data
-        return f"cannot decode image ({_one_line(exc)})"
+        return f"cannot decode image ({one_line(exc)})"
     return None
 
 
@@ -72,7 +74,7 @@ def hash_and_check(item: bytes | str) -> tuple[str | None, str | None]:
         except IsADirectoryError:
             return None, f"image path is a directory, not a file: {item}"
         except OSError as exc:
-            return None, f"cannot read image file {item} ({_one_line(exc)})"
+            return None, f"cannot read image file {item} ({one_line(exc)})"
     reason = check_image(data)
     if reason is not None:
         return None, reason
@@ -195,8 +197,3 @@ def image_value_bytes(value: Any, *, base: str) -> bytes:
         path = os.path.join(base, path)
     with open(path, "rb") as fh:
         return fh.read()
-
-
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

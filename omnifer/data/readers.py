@@ -37,7 +37,7 @@ from omnifer.data.table import (
     expression_vocabulary,
     make_table,
 )
-from omnifer.errors import OmniferError
+from omnifer.errors import OmniferError, one_line
 from omnifer.labels import (
     DATASET_ORDERS,
     EXPRESSIONS_WITH_CONTEMPT,
@@ -320,7 +320,7 @@ class _BadRows:
         self.items: list[tuple[int, BadFile]] = []
 
     def add(self, index: int, path: str, row: int | None, reason: str) -> None:
-        bad = BadFile(source=self.source, path=path, row=row, reason=_one_line(reason))
+        bad = BadFile(source=self.source, path=path, row=row, reason=one_line(reason))
         if self.policy == "error":
             raise OmniferError(f"{bad}; {_FIX}")
         if self.policy == "warn" and len(self.items) < _MAX_WARNINGS:
@@ -720,43 +720,45 @@ def _images_below(folder: Path) -> list[str]:
 
 # ====================================================================== csv / parquet
 
-@register_reader("csv")
-def read_csv(path: Path, *, name: str, tasks: frozenset[str] | None = None,
-             label_order: LabelOrder = None, columns: Mapping[str, str] | None = None,
-             weight: float = 1.0, on_bad_files: str = "error",
-             progress: Progress | None = None) -> LabeledSet:
-    """A CSV manifest: an image column (paths relative to the file) and label columns."""
-    path = _manifest_file(path, "csv")
+def _load_csv(path: Path) -> pd.DataFrame:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        df = pd.read_csv(path, dtype=str, sep=sep, encoding="utf-8-sig", skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, sep=sep, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise OmniferError(f"{path} is empty; a manifest needs a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise OmniferError(
-            f"cannot parse {path} as CSV ({_one_line(exc)}); check quoting and delimiters"
+            f"cannot parse {path} as CSV ({one_line(exc)}); check quoting and delimiters"
         ) from None
-    return _read_manifest(df, path, name=name, tasks=tasks, label_order=label_order,
-                          columns=columns or {}, weight=weight, on_bad_files=on_bad_files,
-                          progress=progress)
 
 
-@register_reader("parquet")
-def read_parquet(path: Path, *, name: str, tasks: frozenset[str] | None = None,
-                 label_order: LabelOrder = None, columns: Mapping[str, str] | None = None,
-                 weight: float = 1.0, on_bad_files: str = "error",
-                 progress: Progress | None = None) -> LabeledSet:
-    """A Parquet manifest, same columns as the CSV one."""
-    path = _manifest_file(path, "parquet")
+def _load_parquet(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_parquet(path)
+        return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise OmniferError(
-            f"cannot read {path} as Parquet ({_one_line(exc)}); check the file"
+            f"cannot read {path} as Parquet ({one_line(exc)}); check the file"
         ) from None
-    return _read_manifest(df, path, name=name, tasks=tasks, label_order=label_order,
-                          columns=columns or {}, weight=weight, on_bad_files=on_bad_files,
-                          progress=progress)
+
+
+def _manifest_reader(fmt: str, load: Callable[[Path], pd.DataFrame]) -> Reader:
+    def read(path: Path, *, name: str, tasks: frozenset[str] | None = None,
+             label_order: LabelOrder = None, columns: Mapping[str, str] | None = None,
+             weight: float = 1.0, on_bad_files: str = "error",
+             progress: Progress | None = None) -> LabeledSet:
+        path = _manifest_file(path, fmt)
+        return _read_manifest(load(path), path, name=name, tasks=tasks,
+                              label_order=label_order, columns=columns or {}, weight=weight,
+                              on_bad_files=on_bad_files, progress=progress)
+
+    read.__name__ = f"read_{fmt}"
+    read.__doc__ = f"A {fmt} manifest: an image column (paths relative to the file) and label columns."
+    return register_reader(fmt)(read)
+
+
+#: Manifest readers: the same columns, as CSV (or TSV) or Parquet.
+read_csv = _manifest_reader("csv", _load_csv)
+read_parquet = _manifest_reader("parquet", _load_parquet)
 
 
 def _manifest_file(path: Path, fmt: str) -> Path:
@@ -832,7 +834,7 @@ def read_hf(path: Path, *, name: str, tasks: frozenset[str] | None = None,
         ds = load_from_disk(root)
     except FileNotFoundError as exc:
         raise OmniferError(
-            f"{root} is not a saved datasets folder ({_one_line(exc)}); write it with "
+            f"{root} is not a saved datasets folder ({one_line(exc)}); write it with "
             "Dataset.save_to_disk"
         ) from None
     if not hasattr(ds, "features"):
@@ -905,7 +907,7 @@ def read_hf(path: Path, *, name: str, tasks: frozenset[str] | None = None,
                     f"image file not found: {os.path.join(root, missing)}" if missing
                     else "no image in this row"))
             except OSError as exc:
-                out.append(Unreadable(f"cannot read the image ({_one_line(exc)})"))
+                out.append(Unreadable(f"cannot read the image ({one_line(exc)})"))
         return out
 
     draft = _Draft(
@@ -921,8 +923,3 @@ def read_hf(path: Path, *, name: str, tasks: frozenset[str] | None = None,
         declares_contempt=declares_contempt,
     )
     return _finish(draft, weight=weight, on_bad_files=on_bad_files, progress=progress)
-
-
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

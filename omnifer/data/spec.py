@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from omnifer.data.table import LabeledSet, combine
-from omnifer.errors import OmniferError
+from omnifer.errors import OmniferError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,7 +56,7 @@ def read_spec(
         with open(path, "rb") as fh:
             spec = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise OmniferError(f"{path} is not valid TOML ({_one_line(exc)}); fix the syntax") from None
+        raise OmniferError(f"{path} is not valid TOML ({one_line(exc)}); fix the syntax") from None
     except UnicodeDecodeError:
         raise OmniferError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -152,8 +152,3 @@ def _check_entry(entry: Mapping[str, Any], where: str) -> None:
     for key, (ok, expected) in checks.items():
         if key in entry and not ok(entry[key]):
             raise OmniferError(f"{where}: {key} = {entry[key]!r} must be {expected}")
-
-
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omnifer.errors import OmniferError
+from omnifer.errors import OmniferError, one_line
 from omnifer.labels import EXPRESSIONS, EXPRESSIONS_WITH_CONTEMPT, au_names
 
 #: Columns before the AU columns, and the one after them.
@@ -275,7 +275,7 @@ class LabeledSet:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise OmniferError(
-                f"cannot read {path} as Parquet ({_one_line(exc)}); write it with "
+                f"cannot read {path} as Parquet ({one_line(exc)}); write it with "
                 "LabeledSet.save"
             ) from None
         raw = (table.schema.metadata or {}).get(METADATA_KEY)
@@ -344,11 +344,6 @@ def combine(sets: Sequence[LabeledSet]) -> LabeledSet:
         bad=tuple(b for s in sets for b in s.bad),
         sources=tuple(sources),
     )
-
-
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 __all__ = ["BadFile", "LabeledSet", "combine", "ON_BAD_FILES", "METADATA_KEY"]

@@ -9,6 +9,7 @@ the chunks: same seed and config, byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -347,22 +348,18 @@ def generate(
     t_render = time.perf_counter()
     if on_progress:
         on_progress(0, grand_total)
-    if workers <= 1:
-        for job in jobs:
-            res = _run_chunk(job)
+    with contextlib.ExitStack() as stack:
+        run_map = map
+        if workers > 1:
+            import multiprocessing as mp
+
+            run_map = stack.enter_context(ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn"))).map
+        for job, res in zip(jobs, run_map(_run_chunk, jobs)):
             results[(job[1], job[2])] = res
             done += job[4]
             if on_progress:
                 on_progress(done, grand_total)
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            for job, res in zip(jobs, ex.map(_run_chunk, jobs)):
-                results[(job[1], job[2])] = res
-                done += job[4]
-                if on_progress:
-                    on_progress(done, grand_total)
     render_s = time.perf_counter() - t_render
 
     def split_rows(split: str) -> list[dict]:
