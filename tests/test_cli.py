@@ -16,7 +16,7 @@ def test_synth_records_a_run_and_status_shows_it(run_cli, tmp_path):
                              "--preset", "tiny", "--size", "48")
     assert code == 0, err
     assert (tmp_path / "data" / "labeled.toml").is_file()
-    assert "next: omnifer data check" in out
+    assert "next: omnifer train --data" in out
     status = run_cli.json("--workspace", ws, "status")
     (row,) = status["runs"]
     assert row["run"].startswith("synth/") and row["status"] == "complete"

@@ -29,9 +29,9 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
 
 
 def _register() -> None:
-    from omnifer.cli import data, status, synth
+    from omnifer.cli import data, evaluate, status, synth, train
 
-    for module in (status, synth, data):
+    for module in (status, synth, data, train, evaluate):
         cli.add_command(module.command)
 
 
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C
+        click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         if debug:

@@ -38,6 +38,6 @@ def command(ctx: Context, out: str, preset: str, seed: int, size: int | None,
     text = [f"wrote {total} images to {result.out} in {result.seconds:.1f}s "
             f"(run synth/{run.run_id})"]
     text += [f"  {k:<12} {v}" for k, v in result.counts.items()]
-    text.append(f"next: omnifer data check {result.outputs['labeled']}")
+    text.append(f"next: omnifer train --data {result.outputs['labeled']}")
     ctx.emit({"run": f"synth/{run.run_id}", **result.outputs, "counts": result.counts,
               "seconds": result.seconds}, "\n".join(text))

@@ -1,0 +1,88 @@
+"""Training throughput: the full ``omnifer train`` loop against bare forward+backward.
+
+Both arms use the same model config and batch size in the same process, alternating, so the
+machine's load affects them alike. The loop arm is the real ``train()`` on real decoded images
+(sampling, balancing, augmentation, masked multitask loss, clipping, AdamW, schedule); its rate
+is the training phase of the epoch as ``train()`` records it (validation and checkpoint
+writing excluded: they happen once per epoch). The bare arm is ``model(x)`` + backward of a
+scalar on one fixed batch already in memory.
+
+    python bench/bench_train.py --data demo/data/labeled.toml --backbone convnet --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnifer.data import read_labeled
+from omnifer.models import build_model
+from omnifer.train import TrainConfig, train
+from omnifer.train.images import BatchMaker, decoded_images
+from omnifer.train.loop import model_config_for
+
+
+def bare(config: TrainConfig, labeled, images, steps: int) -> float:
+    model = build_model(model_config_for(labeled, config), seed=0)
+    model.train()
+    maker = BatchMaker(images, mean=model.config.mean, std=model.config.std,
+                       device=torch.device("cpu"))
+    x = maker(np.arange(config.batch_size))
+    model(x)["embedding"].sum().backward()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        sum(v.float().mean() for v in out.values()).backward()
+    return steps * config.batch_size / (time.perf_counter() - t0)
+
+
+def loop(config: TrainConfig, labeled, cache: Path, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        result = train(labeled, out, config=config, cache_dir=cache)
+    entry = result.history[0][-1]
+    return entry["train_samples"] / entry["train_seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="labeled data (e.g. demo/data/labeled.toml)")
+    ap.add_argument("--backbone", default="convnet")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30, help="training steps per measurement")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    labeled = read_labeled(args.data)
+    n = args.steps * args.batch_size
+    labeled = labeled.subset(np.random.default_rng(0).permutation(len(labeled))[:n])
+    config = TrainConfig(backbone=args.backbone, input_size=args.size, batch_size=args.batch_size,
+                         epochs=1, val_fraction=0.0, patience=0, device="cpu")
+    with tempfile.TemporaryDirectory() as cache:
+        images = decoded_images(labeled, args.size, cache)
+        bare_rates, loop_rates = [], []
+        for r in range(args.repeat):
+            bare_rates.append(bare(config, labeled, images, args.steps))
+            loop_rates.append(loop(config, labeled, Path(cache), args.steps))
+            print(f"round {r + 1}: bare {bare_rates[-1]:.1f} samples/s, "
+                  f"loop {loop_rates[-1]:.1f} samples/s", flush=True)
+    b, lo = statistics.median(bare_rates), statistics.median(loop_rates)
+    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.backbone} @ {args.size}px, "
+          f"batch {args.batch_size}, {args.steps} steps x {args.repeat} rounds")
+    print(f"median bare forward+backward: {b:.1f} samples/s")
+    print(f"median full training loop:    {lo:.1f} samples/s")
+    print(f"loop / bare: {lo / b:.1%} (target >= 85%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""``TrainConfig``: every knob of ``omnifer train``, filled alike by flags and config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnifer.errors import OmniferError
+from omnifer.labels import TASKS
+
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "constant")
+BALANCE = ("expression", "va", "au")
+VA_HEADS = ("bins", "regress")
+VA_LOSSES = ("ccc", "mse", "ccc+mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one ``omnifer train`` run trains (a teacher, a student, or an ensemble of either)."""
+
+    # model
+    backbone: str = "resnet18"
+    input_size: int = 112
+    tasks: tuple[str, ...] | None = None  #: None: every task the data labels
+    va_head: str = "bins"
+    va_bins: int = 20
+    joint: bool = True
+    weights: str | None = None  #: local pretrained backbone checkpoint
+    dropout: float = 0.1
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    clip_grad: float = 5.0
+    amp: bool = True  #: mixed precision on GPU (ignored on CPU)
+    augment: bool = True  #: flip, shift, brightness/contrast
+    # data
+    val_fraction: float = 0.1
+    patience: int = 5  #: epochs without validation improvement before stopping (0: never)
+    balance: tuple[str, ...] = ("expression",)
+    balance_max_ratio: float = 10.0
+    # losses
+    expression_weight: float = 1.0
+    va_weight: float = 1.0
+    au_weight: float = 1.0
+    joint_weight: float = 0.5
+    va_loss: str = "ccc"  #: regress head only: ccc, mse or ccc+mse
+    gt_weight: float = 0.6  #: student: ground truth vs
+    kd_weight: float = 0.4  #: teacher soft labels
+    temperature: float = 2.0  #: distillation temperature
+    # run
+    ensemble: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "balance"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip() and v != "none")
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        if self.tasks is not None:
+            _check_names("task", self.tasks, TASKS)
+            if not self.tasks:
+                raise OmniferError("tasks is empty; name at least one of " + ", ".join(TASKS))
+        _check_names("balance strategy", self.balance, BALANCE)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("va_head", self.va_head, VA_HEADS)
+        _check_choice("va_loss", self.va_loss, VA_LOSSES)
+        for name, low in (("epochs", 1), ("batch_size", 2), ("ensemble", 1), ("input_size", 16),
+                          ("va_bins", 2)):
+            if int(getattr(self, name)) < low:
+                raise OmniferError(f"{name} is {getattr(self, name)}; it must be at least {low}")
+        if not 0.0 <= self.val_fraction < 0.9:
+            raise OmniferError(f"val_fraction is {self.val_fraction}; use a value in [0, 0.9)")
+        for name in ("lr", "temperature"):
+            if not float(getattr(self, name)) > 0:
+                raise OmniferError(f"{name} is {getattr(self, name)}; it must be positive")
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_weight") and float(getattr(self, f.name)) < 0:
+                raise OmniferError(f"{f.name} is {getattr(self, f.name)}; weights must be >= 0")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``; ``None`` values (unset flags) change nothing."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise OmniferError(
+                f"unknown training option(s) {', '.join(unknown)}; valid: "
+                + ", ".join(f.name for f in dataclasses.fields(self))
+            )
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a TOML file whose keys are field names (a ``[train]`` table or top level)."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise OmniferError(f"cannot read training config {path}: {exc}; fix the file") from None
+        return cls().replace(**data.get("train", data))
+
+
+def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise OmniferError(f"unknown {what} {value!r}; choose one of: {', '.join(valid)}")
+
+
+def _check_names(what: str, values: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    for v in values:
+        _check_choice(what, v, valid)

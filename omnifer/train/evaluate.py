@@ -1,0 +1,173 @@
+"""Predictions of one model or an ensemble, and the per-task metrics of ``omnifer evaluate``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifer import metrics as M
+from omnifer.artifacts import atomic_write_json
+from omnifer.data.table import LabeledSet
+from omnifer.errors import OmniferError
+from omnifer.train.images import BatchMaker
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, maker: BatchMaker, rows: np.ndarray, *,
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Raw outputs of ``model`` on image rows: embedding, logits, VA values, as float32."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(rows), batch_size):
+        out = model(maker(rows[start:start + batch_size]))
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.float().cpu().numpy())
+    model.train(was_training)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def ensemble(models: Sequence[Any], preds: Sequence[dict[str, np.ndarray]]
+             ) -> dict[str, np.ndarray]:
+    """Mean predictions of ensemble members, each with its own temperature and AU thresholds.
+
+    Keys: ``expression_probs`` (temperature scaled), ``expression_probs_raw`` (T = 1), ``va``,
+    ``au_probs``, ``au_thresholds`` (mean of the members'), ``embedding`` (first member's).
+    """
+    out: dict[str, np.ndarray] = {"embedding": preds[0]["embedding"]}
+    if "expression" in preds[0]:
+        out["expression_probs"] = np.mean(
+            [M.softmax(p["expression"], temperature=m.config.temperature)
+             for m, p in zip(models, preds)], axis=0)
+        out["expression_probs_raw"] = np.mean([M.softmax(p["expression"]) for p in preds], axis=0)
+    if "va" in preds[0]:
+        out["va"] = np.mean([p["va"] for p in preds], axis=0)
+    if "au" in preds[0]:
+        out["au_probs"] = np.mean([1.0 / (1.0 + np.exp(-p["au"])) for p in preds], axis=0)
+        n_aus = out["au_probs"].shape[1]
+        out["au_thresholds"] = np.mean(
+            [m.config.au_thresholds or (0.5,) * n_aus for m in models], axis=0)
+    return out
+
+
+def task_metrics(pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], *,
+                 expressions: Sequence[str], aus: Sequence[str]) -> dict[str, Any]:
+    """Metrics of every task that has both a prediction and at least one label."""
+    result: dict[str, Any] = {}
+    m = arrays["expression_mask"]
+    if "expression_probs" in pred and m.any():
+        y, probs, raw = arrays["expression"][m], pred["expression_probs"][m], \
+            pred["expression_probs_raw"][m]
+        p = probs.argmax(1)
+        c = len(expressions)
+        acc, f1 = M.accuracy(y, p), M.macro_f1(y, p, c)
+        prior = np.bincount(y, minlength=c) / len(y)
+        result["expression"] = {
+            "n": int(m.sum()), "accuracy": acc, "macro_f1": f1, "abaw": M.abaw_expr_score(f1, acc),
+            "f1_per_class": dict(zip(expressions, M.f1_per_class(y, p, c).tolist())),
+            "ece_before": M.ece(raw, y), "ece_after": M.ece(probs, y),
+            "nll_before": M.nll(raw, y), "nll_after": M.nll(probs, y),
+            "confusion": M.confusion_matrix(y, p, c).tolist(),
+            "chance": {"accuracy": float(prior.max()), "macro_f1": 1.0 / np.count_nonzero(prior)},
+        }
+    m = arrays["va_mask"]
+    if "va" in pred and m.sum() >= 2:
+        v = [M.ccc(pred["va"][m, j], arrays["va"][m, j]) for j in range(2)]
+        result["va"] = {"n": int(m.sum()), "ccc_valence": v[0], "ccc_arousal": v[1],
+                        "ccc_mean": (v[0] + v[1]) / 2, "chance": {"ccc_mean": 0.0}}
+    m = arrays["au_mask"]
+    if "au_probs" in pred and m.any():
+        thr = pred["au_thresholds"]
+        f1 = M.au_f1(arrays["au"], (pred["au_probs"] >= thr).astype(np.float32), m)
+        rate = (arrays["au"] * m).sum(0) / np.maximum(m.sum(0), 1)
+        chance = 2 * rate / (1 + rate)  # F1 of always answering "present"
+        result["au"] = {
+            "n": int(m.any(1).sum()), "f1_mean": float(np.nanmean(f1)),
+            "f1_per_au": dict(zip(aus, f1.tolist())), "thresholds": dict(zip(aus, thr.tolist())),
+            "chance": {"f1_mean": float(np.nanmean(np.where(m.any(0), chance, np.nan)))},
+        }
+    return result
+
+
+def score(result: dict[str, Any]) -> float:
+    """One number to select checkpoints by: the mean of macro-F1, mean CCC and mean AU F1."""
+    parts = [result["expression"]["macro_f1"]] if "expression" in result else []
+    parts += [result["va"]["ccc_mean"]] if "va" in result else []
+    parts += [result["au"]["f1_mean"]] if "au" in result else []
+    return float(np.mean(parts)) if parts else -math.inf
+
+
+def align_aus(arrays: dict[str, np.ndarray], have: Sequence[str], want: Sequence[str]
+              ) -> dict[str, np.ndarray]:
+    """AU columns of ``arrays`` (named ``have``) reordered to ``want``; absent ones masked out."""
+    check_aus(have, want)
+    out = dict(arrays)
+    n = len(arrays["weight"])
+    au = np.zeros((n, len(want)), np.float32)
+    mask = np.zeros((n, len(want)), bool)
+    for j, name in enumerate(want):
+        if name in have:
+            au[:, j] = arrays["au"][:, list(have).index(name)]
+            mask[:, j] = arrays["au_mask"][:, list(have).index(name)]
+    out["au"], out["au_mask"] = au, mask
+    return out
+
+
+def check_aus(have: Sequence[str], want: Sequence[str]) -> None:
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise OmniferError(
+            f"the data labels {', '.join(extra)} but the model predicts only "
+            f"{', '.join(want) or 'no AU'}; train a model on data with these AUs"
+        )
+
+
+def check_expressions(labeled: LabeledSet, expressions: Sequence[str], what: str) -> None:
+    if tuple(labeled.expressions) != tuple(expressions) and labeled.masks()["expression"].any():
+        raise OmniferError(
+            f"the data's expression classes ({len(labeled.expressions)}: "
+            f"{', '.join(labeled.expressions)}) differ from the {what}'s "
+            f"({len(expressions)}: {', '.join(expressions)}); use data and {what} with the same "
+            "label space"
+        )
+
+
+def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarray,
+                    out_dir: str | Path, *, device: torch.device,
+                    batch_size: int = 256) -> dict[str, Any]:
+    """Metrics of ``models`` (their mean) on ``labeled``; writes metrics.json and the plots."""
+    from omnifer.train.plots import confusion_plot, reliability_diagram
+
+    cfg = models[0].config
+    check_expressions(labeled, cfg.expressions, "model")
+    arrays = align_aus(labeled.arrays(), labeled.aus, cfg.aus)
+    maker = BatchMaker(images, mean=cfg.mean, std=cfg.std, device=device)
+    rows = np.arange(len(labeled))
+    preds = [predict(model.to(device), maker, rows, batch_size=batch_size) for model in models]
+    pred = ensemble(models, preds)
+    result = task_metrics(pred, arrays, expressions=cfg.expressions, aus=cfg.aus)
+    if not result:
+        raise OmniferError(
+            "the evaluation data has no label for any task the model predicts "
+            f"({', '.join(cfg.tasks)}); evaluate on a labeled test set such as test.toml"
+        )
+    out_dir = Path(out_dir)
+    files = {"metrics": out_dir / "metrics.json"}
+    if "expression" in result:
+        m = arrays["expression_mask"]
+        files["reliability"] = reliability_diagram(
+            out_dir / "reliability.png", pred["expression_probs_raw"][m], arrays["expression"][m],
+            probs_after=pred["expression_probs"][m])
+        files["confusion"] = confusion_plot(
+            out_dir / "confusion.png", np.asarray(result["expression"]["confusion"]),
+            list(cfg.expressions))
+    result["members"] = len(models)
+    result["samples"] = len(labeled)
+    atomic_write_json(files["metrics"], result)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result

@@ -1,0 +1,386 @@
+"""The training loop: a teacher on ground truth, a student on ground truth + soft labels.
+
+Reads top to bottom: split, model config, image cache, (teacher soft labels), then per
+ensemble member the epochs (sample, augment, forward under autocast, masked multitask loss,
+clip, step), validation, best checkpoint, resumable state, and finally calibration.
+
+Run directory layout::
+
+    split.json                    validation sample ids
+    teacher_targets.pt            student only: the teacher's soft labels per training sample
+    members/<k>/model/            best checkpoint (model.json + model.safetensors), calibrated
+    members/<k>/state.pt          last epoch's training state (``--resume``)
+    members/<k>/history.json      per-epoch losses, validation metrics, timings
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifer.artifacts import atomic_path, atomic_write_json, read_json
+from omnifer.data.samplers import balance_report, balance_weights
+from omnifer.data.table import LabeledSet
+from omnifer.errors import OmniferError
+from omnifer.labels import TASKS
+from omnifer.models import (ModelConfig, MultitaskModel, build_model, load_checkpoint,
+                            save_checkpoint)
+from omnifer.train import evaluate as E
+from omnifer.train.calibration import fit_temperature
+from omnifer.train.config import TrainConfig
+from omnifer.train.images import BatchMaker, decoded_images
+from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+LABEL_KEYS = ("expression", "expression_mask", "va", "va_mask", "au", "au_mask", "weight")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    members: list[Path]
+    model_config: ModelConfig
+    validation: list[dict[str, Any]]  #: per member, after calibration
+    history: list[list[dict[str, Any]]]
+    counts: dict[str, int]
+    balance: dict[str, Any] | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise OmniferError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OmniferError(f"device {device!r} asked for but CUDA is not available; use cpu")
+    return dev
+
+
+def split_validation(labeled: LabeledSet, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per source, a random ``fraction`` of rows (none for sources under 10 rows)."""
+    rng = np.random.default_rng(seed)
+    src = labeled.table["source"].to_numpy(dtype=object)
+    val = []
+    for name in labeled.sources:
+        rows = np.flatnonzero(src == name)
+        if len(rows) >= 10:
+            val.append(rng.permutation(rows)[:round(fraction * len(rows))])
+    val_rows = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(labeled)), val_rows), val_rows
+
+
+def model_config_for(labeled: LabeledSet, config: TrainConfig,
+                     teacher: ModelConfig | None = None) -> ModelConfig:
+    """The label spaces and heads of the model ``config`` trains on ``labeled``."""
+    m = labeled.masks()
+    present = {"expression": m["expression"].any(), "va": m["va"].any(), "au": m["au"].any()}
+    if teacher is None:
+        tasks = config.tasks or tuple(t for t in TASKS if present[t])
+        if not any(present[t] for t in tasks):
+            raise OmniferError(
+                f"the training data ({len(labeled)} samples from {', '.join(labeled.sources)}) "
+                f"has no label for any of the tasks {', '.join(tasks)}; point --data at labeled "
+                "data (`omnifer data check` shows what each source labels)"
+            )
+        aus = labeled.aus if "au" in tasks else ()
+        expressions, va_head, va_bins = labeled.expressions, config.va_head, config.va_bins
+    else:
+        E.check_expressions(labeled, teacher.expressions, "teacher")
+        E.check_aus(labeled.aus, teacher.aus)
+        tasks, aus, expressions = teacher.tasks, teacher.aus, teacher.expressions
+        va_head, va_bins = teacher.va_head, teacher.va_bins
+        if config.tasks is not None and set(config.tasks) != set(tasks):
+            raise OmniferError(
+                f"the student's tasks ({', '.join(config.tasks)}) differ from the teacher's "
+                f"({', '.join(tasks)}); drop --tasks or pick a teacher with the same tasks"
+            )
+        if (config.va_head, config.va_bins) != (va_head, va_bins) and "va" in tasks:
+            raise OmniferError(
+                f"the teacher's valence/arousal head is {va_head} ({va_bins} bins) but the "
+                f"student asks for {config.va_head} ({config.va_bins} bins); use --va-head "
+                f"{va_head} for this teacher"
+            )
+    return ModelConfig(
+        backbone=config.backbone, expressions=expressions, aus=aus, tasks=tuple(tasks),
+        va_head=va_head, va_bins=va_bins, joint=config.joint, input_size=config.input_size,
+        dropout=config.dropout,
+    )
+
+
+def load_models(path: str | Path, *, device: str | torch.device = "cpu") -> list[MultitaskModel]:
+    """The models of a checkpoint directory or of a train run (every ensemble member)."""
+    path = Path(path)
+    if (path / "model.json").is_file() or path.suffix in (".json", ".safetensors"):
+        return [load_checkpoint(path, device=device)]
+    members = sorted((path / "members").glob("*/model/model.json"),
+                     key=lambda p: int(p.parent.parent.name))
+    if not members:
+        raise OmniferError(
+            f"no model at {path}: expected model.json or members/<k>/model/ of a train run; "
+            "finish `omnifer train` (or --resume it) or point at a checkpoint directory"
+        )
+    return [load_checkpoint(p.parent, device=device) for p in members]
+
+
+def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, n: int, *,
+                         temperature: float, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """The ensemble's soft labels for every row, computed once on un-augmented images."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for t in teachers:
+        t.eval()
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = maker(np.arange(start, min(n, start + batch_size)))
+            targets = soft_targets([t(x) for t in teachers], temperature)
+            for k, v in targets.items():
+                parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
+          cache_dir: str | Path, teachers: Sequence[MultitaskModel] = (),
+          progress: Progress | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    if len(labeled) < 2:
+        raise OmniferError(f"the training data has {len(labeled)} sample(s); it needs at least 2")
+    mcfg = model_config_for(labeled, config, teachers[0].config if teachers else None)
+
+    train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed)
+    atomic_write_json(out_dir / "split.json", {
+        "val_sample_ids": labeled.table["sample_id"].to_numpy()[val_rows].tolist()})
+    arrays = E.align_aus(labeled.arrays(), labeled.aus, mcfg.aus)
+    labels = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in LABEL_KEYS}
+    images = decoded_images(labeled, mcfg.input_size, cache_dir)
+    maker = BatchMaker(images, mean=mcfg.mean, std=mcfg.std, device=device)
+
+    targets = None
+    if teachers:
+        path = out_dir / "teacher_targets.pt"
+        if path.is_file():
+            targets = torch.load(path, weights_only=True)
+        else:
+            targets = teacher_soft_targets([t.to(device) for t in teachers], maker, len(labeled),
+                                           temperature=config.temperature)
+            with atomic_path(path) as tmp:
+                torch.save(targets, tmp)
+
+    sub = {k: v[train_rows] for k, v in arrays.items()}
+    weights, balance = None, None
+    if config.balance:
+        weights = balance_weights(sub, strategies=config.balance,
+                                  max_ratio=config.balance_max_ratio)
+        balance = balance_report(sub, weights, mcfg.expressions)
+    pos_weight = au_pos_weight(torch.from_numpy(sub["au"]), torch.from_numpy(sub["au_mask"])
+                               ).to(device) if mcfg.aus else None
+    loss_cfg = LossConfig(
+        expression=config.expression_weight, va=config.va_weight, au=config.au_weight,
+        joint=config.joint_weight, gt=config.gt_weight, kd=config.kd_weight,
+        temperature=config.temperature, va_loss=config.va_loss)
+
+    steps = max(1, len(train_rows) // config.batch_size)
+    total_steps = steps * config.epochs * config.ensemble
+    members, histories, validation = [], [], []
+    for k in range(config.ensemble):
+        member_dir = out_dir / "members" / str(k)
+        history, val = _train_member(
+            k, member_dir, mcfg=mcfg, config=config, device=device, maker=maker, labels=labels,
+            targets=targets, train_rows=train_rows, val_rows=val_rows, arrays=arrays,
+            weights=weights, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
+            progress=(lambda done, _t, k=k: progress(k * steps * config.epochs + done,
+                                                     total_steps)) if progress else None,
+            on_epoch=on_epoch)
+        members.append(member_dir / "model")
+        histories.append(history)
+        validation.append(val)
+    counts = {"samples": len(labeled), "train": len(train_rows), "val": len(val_rows),
+              "members": config.ensemble, **{f"labeled_{t}": int(m.any(axis=-1).sum()
+                                             if m.ndim > 1 else m.sum())
+                                             for t, m in labeled.masks().items()}}
+    return TrainResult(out_dir, members, mcfg, validation, histories, counts, balance,
+                       time.perf_counter() - t_start)
+
+
+def _lr_lambda(config: TrainConfig, steps: int) -> Callable[[int], float]:
+    warmup = max(1, int(config.warmup_epochs * steps))
+    total = max(warmup + 1, config.epochs * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+    return factor
+
+
+def _train_member(k: int, member_dir: Path, *, mcfg: ModelConfig, config: TrainConfig,
+                  device: torch.device, maker: BatchMaker, labels: dict[str, torch.Tensor],
+                  targets: dict[str, torch.Tensor] | None, train_rows: np.ndarray,
+                  val_rows: np.ndarray, arrays: dict[str, np.ndarray], weights: np.ndarray | None,
+                  loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
+                  progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    seed = config.seed + 1009 * k
+    state_path, ckpt_dir = member_dir / "state.pt", member_dir / "model"
+    model = build_model(mcfg, weights=config.weights, seed=seed).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, steps))
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    gen = torch.Generator().manual_seed(seed)
+    st: dict[str, Any] = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "done": False,
+                          "history": []}
+    if state_path.is_file():
+        saved = torch.load(state_path, weights_only=True, map_location=device)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        st = saved["state"]
+        log.info("member %d: resuming after epoch %d", k, st["epoch"])
+    if progress:
+        progress(st["epoch"] * steps, 0)
+
+    train_t = torch.from_numpy(train_rows)
+    sample_w = torch.from_numpy(weights) if weights is not None else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        while not st["done"] and st["epoch"] < config.epochs:
+            torch.manual_seed(seed + st["epoch"])  # dropout: the same after a resume
+            model.train()
+            if sample_w is not None:
+                order = train_t[torch.multinomial(sample_w, len(train_t), True, generator=gen)]
+            else:
+                order = train_t[torch.randperm(len(train_t), generator=gen)]
+            sums: dict[str, torch.Tensor] = {}
+            t0 = time.perf_counter()
+            for step in range(steps):
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                x = maker(idx.numpy(), generator=gen if config.augment else None)
+                batch = {key: v[idx].to(device, non_blocking=True) for key, v in labels.items()}
+                teacher = ({key: v[idx].to(device, non_blocking=True) for key, v in targets.items()}
+                           if targets is not None else None)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    out = model(x)
+                out = {key: v.float() for key, v in out.items()}
+                losses = multitask_loss(out, batch, config=loss_cfg, au_pos_weight=pos_weight,
+                                        teacher=teacher)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(losses["total"]).backward()
+                if config.clip_grad > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                for key, v in losses.items():
+                    sums[key] = sums.get(key, 0.0) + v.detach()
+                if progress:
+                    progress(st["epoch"] * steps + step + 1, 0)
+            train_seconds = time.perf_counter() - t0
+            losses_mean = {key: float(v) / steps for key, v in sums.items()}
+            st["epoch"] += 1
+            entry = {"member": k, "epoch": st["epoch"], "loss": losses_mean,
+                     "train_seconds": train_seconds, "train_samples": steps * config.batch_size,
+                     "lr": sched.get_last_lr()[0]}
+            if len(val_rows):
+                val = E.task_metrics(_predict(model, maker, val_rows), _rows(arrays, val_rows),
+                                     expressions=mcfg.expressions, aus=mcfg.aus)
+                entry["val_score"] = E.score(val)
+                entry["val"] = _brief(val)
+            else:
+                entry["val_score"] = -losses_mean["total"]
+            entry["best"] = entry["val_score"] > st["best"]
+            if entry["best"]:
+                st["best"], st["bad_epochs"] = entry["val_score"], 0
+                save_checkpoint(model, ckpt_dir)
+            else:
+                st["bad_epochs"] += 1
+            st["history"].append(entry)
+            if config.patience and st["bad_epochs"] >= config.patience:
+                log.info("member %d: early stop after epoch %d", k, st["epoch"])
+                st["done"] = True
+            _save_state(state_path, model, opt, sched, gen, st)
+            atomic_write_json(member_dir / "history.json", st["history"])
+            if on_epoch:
+                on_epoch(entry)
+
+    model = load_checkpoint(ckpt_dir, device=device)
+    val = _calibrate(model, maker, val_rows, arrays)
+    save_checkpoint(model, ckpt_dir)
+    if not st["done"]:
+        st["done"] = True
+        _save_state(state_path, model, opt, sched, gen, st)
+    return st["history"], val
+
+
+def _calibrate(model: MultitaskModel, maker: BatchMaker, val_rows: np.ndarray,
+               arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Fit the temperature and AU thresholds on validation; return validation metrics."""
+    from omnifer.metrics import tune_thresholds
+
+    if not len(val_rows):
+        return {}
+    pred, a = _predict(model, maker, val_rows, raw=True), _rows(arrays, val_rows)
+    m = a["expression_mask"]
+    temperature = fit_temperature(pred["expression"][m], a["expression"][m]) \
+        if "expression" in pred and m.sum() >= 10 else None
+    thresholds = tuple(tune_thresholds(a["au"], 1 / (1 + np.exp(-pred["au"])), a["au_mask"])) \
+        if "au" in pred else None
+    model.calibrated(temperature=temperature, au_thresholds=thresholds)
+    return E.task_metrics(E.ensemble([model], [pred]), a, expressions=model.config.expressions,
+                          aus=model.config.aus)
+
+
+def _predict(model: MultitaskModel, maker: BatchMaker, rows: np.ndarray, *, raw: bool = False
+             ) -> dict[str, np.ndarray]:
+    pred = E.predict(model, maker, rows)
+    return pred if raw else E.ensemble([model], [pred])
+
+
+def _rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in arrays.items()}
+
+
+def _brief(result: dict[str, Any]) -> dict[str, float]:
+    keys = {"expression": ("accuracy", "macro_f1"), "va": ("ccc_mean",), "au": ("f1_mean",)}
+    return {f"{t}_{k}": result[t][k] for t, ks in keys.items() if t in result for k in ks}
+
+
+def _save_state(path: Path, model: torch.nn.Module, opt: Any, sched: Any,
+                gen: torch.Generator, st: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "state": st}, tmp)
+
+
+def history_of(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every member's per-epoch history of a train run."""
+    out = []
+    for p in sorted(Path(run_dir).glob("members/*/history.json")):
+        out.extend(read_json(p))
+    return out
