@@ -4,8 +4,9 @@ Both arms use the same model config and batch size in the same process, alternat
 machine's load affects them alike. The loop arm is the real ``train()`` on real decoded images
 (sampling, balancing, augmentation, masked multitask loss, clipping, AdamW, schedule); its rate
 is the training phase of the epoch as ``train()`` records it (validation and checkpoint
-writing excluded: they happen once per epoch). The bare arm is ``model(x)`` + backward of a
-scalar on one fixed batch already in memory.
+writing excluded: they happen once per epoch). The bare arm is ``model(x)`` + backward of
+the same multitask loss on one fixed batch already in memory (no data preparation, no
+optimiser step).
 
     python bench/bench_train.py --data demo/data/labeled.toml --backbone convnet --size 64
 """
@@ -26,7 +27,9 @@ from omnifer.data import read_labeled
 from omnifer.models import build_model
 from omnifer.train import TrainConfig, train
 from omnifer.train.images import BatchMaker, decoded_images
-from omnifer.train.loop import model_config_for
+from omnifer.train.evaluate import align_aus
+from omnifer.train.loop import LABEL_KEYS, model_config_for
+from omnifer.train.losses import multitask_loss
 
 
 def bare(config: TrainConfig, labeled, images, steps: int) -> float:
@@ -34,13 +37,15 @@ def bare(config: TrainConfig, labeled, images, steps: int) -> float:
     model.train()
     maker = BatchMaker(images, mean=model.config.mean, std=model.config.std,
                        device=torch.device("cpu"))
-    x = maker(np.arange(config.batch_size))
-    model(x)["embedding"].sum().backward()  # warm-up
+    rows = np.arange(config.batch_size)
+    x = maker(rows)
+    arrays = align_aus(labeled.arrays(), labeled.aus, model.config.aus)
+    batch = {k: torch.from_numpy(np.ascontiguousarray(arrays[k][rows])) for k in LABEL_KEYS}
+    multitask_loss(model(x), batch)["total"].backward()  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
         model.zero_grad(set_to_none=True)
-        out = model(x)
-        sum(v.float().mean() for v in out.values()).backward()
+        multitask_loss(model(x), batch)["total"].backward()
     return steps * config.batch_size / (time.perf_counter() - t0)
 
 
@@ -58,7 +63,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30, help="training steps per measurement")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
     torch.manual_seed(0)

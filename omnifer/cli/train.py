@@ -94,7 +94,7 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
             resume: bool, **options: Any) -> None:
     """Train the multitask FER model (expressions, valence/arousal, AUs) on partial labels."""
     from omnifer.data import combine
-    from omnifer.train import TrainConfig, load_models, train
+    from omnifer.train import TrainConfig, decoded_images, load_models, train
 
     ws = ctx.workspace
     config = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
@@ -113,6 +113,8 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
         sets = [read_data(ws, ref, on_bad_files=on_bad_files, progress=bar)
                 for ref in (data, *extra)]
     labeled = combine(sets) if len(sets) > 1 else sets[0]
+    with ctx.progress("decoding", unit="img") as bar:  # cached for later runs
+        decoded_images(labeled, config.input_size, cache_dir(ws), progress=bar)
     for i, ref in enumerate(extra):
         inputs[f"with_{i}"] = ref
     run_config = {"train": dataclasses.asdict(config), "data": [str(Path(d).resolve()) if

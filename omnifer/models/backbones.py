@@ -79,16 +79,6 @@ def _resnet(name: str) -> tuple[nn.Module, int]:
     return model, dim
 
 
-@register_backbone("resnet18")
-def resnet18(*, input_size: int = 112) -> tuple[nn.Module, int]:
-    return _resnet("resnet18")
-
-
-@register_backbone("resnet50")
-def resnet50(*, input_size: int = 112) -> tuple[nn.Module, int]:
-    return _resnet("resnet50")
-
-
 def _mobilenet(name: str) -> tuple[nn.Module, int]:
     import torchvision
 
@@ -99,11 +89,6 @@ def _mobilenet(name: str) -> tuple[nn.Module, int]:
     return model, dim
 
 
-@register_backbone("mobilenet_v3_small")
-def mobilenet_v3_small(*, input_size: int = 112) -> tuple[nn.Module, int]:
-    return _mobilenet("mobilenet_v3_small")
-
-
-@register_backbone("mobilenet_v3_large")
-def mobilenet_v3_large(*, input_size: int = 112) -> tuple[nn.Module, int]:
-    return _mobilenet("mobilenet_v3_large")
+for _name, _build in (("resnet18", _resnet), ("resnet50", _resnet),
+                      ("mobilenet_v3_small", _mobilenet), ("mobilenet_v3_large", _mobilenet)):
+    register_backbone(_name)(lambda *, input_size=112, n=_name, b=_build: b(n))

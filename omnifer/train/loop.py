@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class TrainResult:
     counts: dict[str, int]
     balance: dict[str, Any] | None
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
