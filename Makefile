@@ -17,7 +17,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/omnifer --workspace demo synth demo/data
 	$(BIN)/omnifer --workspace demo data check demo/data/labeled.toml
-	$(BIN)/omnifer --workspace demo train --backbone convnet --size 64 --epochs 6 --lr 2e-3
+	$(BIN)/omnifer --workspace demo train --backbone convnet --size 64 --epochs 10 --lr 2e-3
 	$(BIN)/omnifer --workspace demo evaluate
 	$(BIN)/omnifer --workspace demo status
 

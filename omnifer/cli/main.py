@@ -29,9 +29,9 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
 
 
 def _register() -> None:
-    from omnifer.cli import data, evaluate, status, synth, train
+    from omnifer.cli import data, evaluate, index, status, synth, train
 
-    for module in (status, synth, data, train, evaluate):
+    for module in (status, synth, data, train, evaluate, index):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,76 @@
+"""The pool index: every embedded face of the current pool in one array, its ids, and FAISS.
+
+Writes into a run directory:
+
+- ``embeddings.npy``: float16 [N, D], L2-normalised embeddings of the pool's faces (one per
+  distinct image without detection; exact duplicates appear once);
+- ``ids.parquet``: row ``i`` of the embeddings: ``id``, ``key``, ``face``, ``box``,
+  ``landmarks``, ``det_score``;
+- ``index/index.faiss`` + ``index/index.json``: a FAISS inner-product index over the rows
+  (cosine similarity, since the embeddings are unit vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnifer.artifacts import atomic_path
+
+ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
+
+
+def gather(shards: Sequence[Path], keys: set[str] | None, out_dir: str | Path) -> tuple[Path, Path, int]:
+    """Concatenate the ``ok`` rows of ``shards`` (those whose key is in ``keys``) into
+    ``embeddings.npy`` and ``ids.parquet``, one shard at a time; returns paths and count."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    tables, n, dim = [], 0, None
+    for path in shards:
+        t = pq.read_table(path)
+        ok = pc.equal(t["status"], "ok")
+        if keys is not None:
+            ok = pc.and_(ok, pa.array([k in keys for k in t["key"].to_pylist()]))
+        t = t.filter(ok)
+        tables.append((path, t))
+        n += t.num_rows
+        if dim is None:
+            shape = np.load(path.with_suffix(".npy"), mmap_mode="r").shape
+            dim = shape[1] if len(shape) == 2 and shape[1] else None
+    emb_path, ids_path = out_dir / "embeddings.npy", out_dir / "ids.parquet"
+    with atomic_path(emb_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim or 0))
+        pos = 0
+        for path, t in tables:
+            if t.num_rows:
+                rows = np.asarray(t["row"].to_numpy(), np.int64)
+                out[pos:pos + len(rows)] = np.load(path.with_suffix(".npy"), mmap_mode="r")[rows]
+                pos += len(rows)
+        out.flush()
+        del out
+    ids = pa.concat_tables([t.select(list(ID_COLUMNS)) for _, t in tables]) if tables else \
+        pa.table({c: pa.array([], pa.string()) for c in ID_COLUMNS})
+    with atomic_path(ids_path) as tmp:
+        pq.write_table(ids, tmp)
+    return emb_path, ids_path, n
+
+
+def build_pool_index(embeddings: Path, out_dir: str | Path, *, factory: str = "auto",
+                     device: str = "auto", extra: dict[str, Any] | None = None
+                     ) -> tuple[Path, dict[str, Any]]:
+    """A FAISS index over ``embeddings.npy`` written to ``out_dir/index``; returns dir, sidecar."""
+    from omnifer.pools.faiss_index import build_index, choose_factory, read_index, write_index
+
+    vectors = np.load(embeddings, mmap_mode="r")
+    n, dim = vectors.shape
+    factory = choose_factory(n, dim) if factory == "auto" else factory
+    index = build_index(vectors, factory=factory, device=device)
+    directory = Path(out_dir) / "index"
+    write_index(index, directory, factory=factory, count=n, dim=dim, extra=extra)
+    return directory, read_index(directory)[1]

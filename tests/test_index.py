@@ -1,0 +1,182 @@
+"""Embedding a pool: shards, a real kill and resume, incremental runs, duplicates, bad files,
+and the ``omnifer index`` command."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from omnifer.errors import OmniferError  # noqa: E402
+from omnifer.models import ModelConfig, build_model, save_checkpoint  # noqa: E402
+from omnifer.pools import open_pool  # noqa: E402
+from omnifer.pools.embed import EmbedConfig, Embedder, embed_pool  # noqa: E402
+from omnifer.pools.index import gather  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    save_checkpoint(build_model(ModelConfig(backbone="convnet", input_size=32), seed=0), out)
+    return out
+
+
+@pytest.fixture
+def pool(tiny_synth, tmp_path):
+    """A copy of the tiny synthetic pool (60 JPEGs in folders) that tests may change."""
+    dst = tmp_path / "pool"
+    shutil.copytree(tiny_synth.pool, dst)
+    return dst
+
+
+def config_for(pool, model_dir, **kw):
+    base = dict(pool=str(pool), source="folder", model=str(model_dir), model_fingerprint="test",
+                input_size=32, shard_size=16, batch_size=8, device="cpu")
+    return EmbedConfig(**{**base, **kw})
+
+
+def embeddings_of(result, keys, out):
+    emb, ids, n = gather(result.shards, set(keys), out)
+    import pyarrow.parquet as pq
+
+    return np.load(emb), pq.read_table(ids).column("key").to_pylist()
+
+
+def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path):
+    src = open_pool(pool)
+    result = embed_pool(src, tmp_path / "run", config=config_for(pool, model_dir), workers=0)
+    n = len(src.keys())
+    assert result.counts["items"] == n and result.counts["faces"] == n
+    assert len(result.shards) == -(-n // 16)
+    emb, keys = embeddings_of(result, src.keys(), tmp_path)
+    assert keys == src.keys() and emb.dtype == np.float16
+    assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=2e-3)
+    # the same as the model on the decoded images directly
+    from PIL import Image
+
+    img = np.asarray(Image.open(pool / keys[3]).convert("RGB").resize((32, 32), Image.BILINEAR))
+    direct = Embedder(model_dir, device="cpu")(img[None])
+    assert np.allclose(direct[0].astype(np.float32), emb[3].astype(np.float32), atol=2e-3)
+
+
+def test_workers_give_the_same_embeddings(pool, model_dir, tmp_path):
+    src = open_pool(pool)
+    a = embed_pool(src, tmp_path / "a", config=config_for(pool, model_dir), workers=0)
+    b = embed_pool(src, tmp_path / "b", config=config_for(pool, model_dir), workers=2)
+    assert np.array_equal(embeddings_of(a, src.keys(), tmp_path / "a")[0],
+                          embeddings_of(b, src.keys(), tmp_path / "b")[0])
+
+
+KILLER = """
+import os, signal, sys
+from omnifer.pools import open_pool
+from omnifer.pools.embed import EmbedConfig, embed_pool
+cfg = EmbedConfig(**__import__("json").loads(sys.argv[1]))
+def progress(done, total):
+    if done >= 40:
+        os.kill(os.getpid(), signal.SIGKILL)
+embed_pool(open_pool(cfg.pool), sys.argv[2], config=cfg, workers=0, progress=progress)
+"""
+
+
+def test_killed_run_resumes_to_the_same_embeddings(pool, model_dir, tmp_path):
+    cfg = config_for(pool, model_dir)
+    src = open_pool(pool)
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(asdict(cfg)),
+                           str(tmp_path / "killed")], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    progress = json.loads((tmp_path / "killed/shards/progress.json").read_text())
+    assert sorted(progress["complete"]) == ["0", "1"]  # shard 2 was half done
+    resumed = embed_pool(src, tmp_path / "killed", config=cfg, workers=0)
+    assert resumed.counts["reused"] == 32 and resumed.counts["items"] == len(src.keys()) - 32
+    whole = embed_pool(src, tmp_path / "whole", config=cfg, workers=0)
+    a, ka = embeddings_of(resumed, src.keys(), tmp_path / "killed")
+    b, kb = embeddings_of(whole, src.keys(), tmp_path / "whole")
+    assert ka == kb and np.array_equal(a, b)
+    with pytest.raises(OmniferError, match="start a new run"):
+        embed_pool(src, tmp_path / "killed", config=config_for(pool, model_dir, batch_size=4))
+
+
+def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path):
+    cfg = config_for(pool, model_dir)
+    first = embed_pool(open_pool(pool), tmp_path / "r1", config=cfg, workers=0)
+    old = open_pool(pool).keys()
+    some = pool / old[0]
+    (pool / "new").mkdir()
+    shutil.copy(some, pool / "new" / "copy.jpg")  # an exact duplicate
+    (pool / "new" / "broken.jpg").write_bytes(some.read_bytes()[:200])  # truncated
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(pool / "new" / "red.png")
+    src = open_pool(pool)
+    second = embed_pool(src, tmp_path / "r2", config=cfg, inherited=first.shards, workers=0,
+                        on_bad_files="skip")
+    assert second.counts == {"items": 3, "faces": 1, "bad": 1, "no_face": 0, "duplicates": 1,
+                             "reused": len(old)}
+    assert second.bad[0]["key"] == "new/broken.jpg"
+    emb, keys = embeddings_of(second, src.keys(), tmp_path / "r2")
+    assert len(keys) == len(old) + 1 and "new/red.png" in keys and "new/copy.jpg" not in keys
+    old_emb, _ = embeddings_of(first, old, tmp_path / "r1")
+    assert np.array_equal(emb[[keys.index(k) for k in old]], old_emb)
+    with pytest.raises(OmniferError, match="new/broken.jpg") as err:
+        embed_pool(src, tmp_path / "r3", config=cfg, inherited=first.shards, workers=0,
+                   on_bad_files="error")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_index_builds_a_flat_index(pool, tiny_synth, tmp_path, run_cli):
+    pytest.importorskip("faiss")
+    ws = tmp_path / "ws"
+    code, out, err = run_cli("-q", "-w", ws, "train", "--data", tiny_synth.labeled_toml,
+                             "--backbone", "convnet", "--size", "32", "--epochs", "1",
+                             "--device", "cpu")
+    assert code == 0, err
+    r = run_cli.json("-q", "-w", ws, "index", pool, "--workers", "0", "--device", "cpu")
+    n = len(open_pool(pool).keys())
+    assert r["counts"]["indexed"] == n and r["index"]["factory"] == "Flat"
+    assert r["index"]["count"] == n
+    run = ws / ".omnifer/runs" / r["run"]
+    from omnifer.pools.faiss_index import read_index
+
+    index, sidecar = read_index(run / "index")
+    emb = np.load(run / "embeddings.npy").astype(np.float32)
+    scores, ids = index.search(emb[:5], 3)
+    assert list(ids[:, 0]) == [0, 1, 2, 3, 4]
+    # a second run over the unchanged pool reuses everything
+    r2 = run_cli.json("-q", "-w", ws, "index", pool, "--workers", "0", "--device", "cpu")
+    assert r2["counts"]["reused"] == n and r2["counts"]["items"] == 0
+    code, out, err = run_cli("-w", ws, "index", pool, "--model", tmp_path / "nowhere")
+    assert code != 0
+
+
+def test_detect_and_align_on_a_real_photo(model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("retinaface.weights")
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    pool = tmp_path / "photos"
+    pool.mkdir()
+    Image.fromarray(data.astronaut()).save(pool / "astronaut.jpg", quality=95)
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(pool / "gray.png")
+    src = open_pool(pool)
+    result = embed_pool(src, tmp_path / "run", config=config_for(pool, model_dir,
+                        detect="retinaface"), workers=0)
+    assert result.counts["faces"] == 1 and result.counts["no_face"] == 1
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(result.shards[0]).to_pylist()
+    face = next(r for r in rows if r["status"] == "ok")
+    x1, y1, x2, y2 = face["box"]
+    lm = np.asarray(face["landmarks"]).reshape(5, 2)
+    assert face["key"] == "astronaut.jpg" and face["det_score"] > 0.9
+    assert (lm[:, 0] > x1).all() and (lm[:, 0] < x2).all() and (lm[:, 1] > y1).all()
+    assert next(r for r in rows if r["key"] == "gray.png")["status"] == "no_face"
