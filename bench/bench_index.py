@@ -174,18 +174,22 @@ def _kib(pid: int, path: str, field: str) -> int:
 
 
 class TreeSampler(threading.Thread):
-    """Peak of the summed PSS and RSS of this process and its descendants, sampled."""
+    """Sampled peaks over this process and its descendants: the summed PSS and RSS, and the
+    largest high-water RSS (VmHWM) of a descendant."""
 
     def __init__(self, every: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.every, self.pss, self.rss, self.procs = every, 0, 0, 0
+        self.every, self.pss, self.rss, self.child_hwm, self.procs = every, 0, 0, 0, 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        me = os.getpid()
         while not self._stop_event.is_set():
-            tree = _proc_tree(os.getpid())
+            tree = _proc_tree(me)
             self.pss = max(self.pss, sum(_kib(p, "smaps_rollup", "Pss") for p in tree))
             self.rss = max(self.rss, sum(_kib(p, "status", "VmRSS") for p in tree))
+            self.child_hwm = max([self.child_hwm,
+                                  *(_kib(p, "status", "VmHWM") for p in tree if p != me)])
             self.procs = max(self.procs, len(tree))
             self._stop_event.wait(self.every)
 
@@ -195,15 +199,21 @@ class TreeSampler(threading.Thread):
 
 
 def maxrss_mib() -> tuple[float, float]:
-    """Peak RSS of this process and of its largest (waited-for) descendant, MiB."""
+    """Peak RSS of this process and of its largest (waited-for) descendant, MiB.
+
+    On Linux a process started with vfork + exec inherits its parent's peak here, so the
+    children of this script are started with a plain fork (see :func:`run_child`)."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 # ---------------------------------------------------------------- child processes
 
-def child_embed(pool: Path, out: Path, model: Path, workers: int, batch_size: int) -> dict:
+def child_embed(pool: Path, out: Path, model: Path, workers: int, batch_size: int,
+                threads: int) -> dict:
     import torch
+
+    torch.set_num_threads(threads)
 
     from omnifer.pools.embed import embed_pool
     from omnifer.pools.sources import open_pool
@@ -220,6 +230,8 @@ def child_embed(pool: Path, out: Path, model: Path, workers: int, batch_size: in
     return {"faces": result.counts["faces"], "seconds": seconds,
             "rate": result.counts["faces"] / seconds, "shards": len(result.shards),
             "baseline_mib": base, "self_peak_mib": self_mib, "worker_peak_mib": child_mib,
+            "self_hwm_mib": _kib(os.getpid(), "status", "VmHWM") / 1024,
+            "worker_hwm_mib": sampler.child_hwm / 1024,
             "tree_pss_peak_mib": sampler.pss / 1024, "tree_rss_peak_mib": sampler.rss / 1024,
             "processes": sampler.procs, "threads": torch.get_num_threads()}
 
@@ -264,13 +276,16 @@ def child_index(shards_dir: Path, out: Path) -> dict:
     dim = np.load(emb, mmap_mode="r").shape[1]
     return {"faces": n, "dim": dim, "gather_s": t_gather, "index_s": t_index, "how": how,
             "baseline_mib": base, "gather_peak_mib": gather_peak,
-            "peak_mib": maxrss_mib()[0], "flat_mib": n * dim * 4 / 2**20}
+            "peak_mib": maxrss_mib()[0], "hwm_mib": _kib(os.getpid(), "status", "VmHWM") / 1024,
+            "flat_mib": n * dim * 4 / 2**20}
 
 
 def run_child(args: list[str]) -> dict:
     cmd = [sys.executable, str(HERE), *args]
     print("  $ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # preexec_fn makes subprocess fork instead of vfork, so the child's getrusage peak does
+    # not start at this (large) process's peak
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=os.getpid)
     if done.returncode:
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"child failed: {' '.join(cmd)}")
@@ -298,9 +313,12 @@ def bare(embedder, images: np.ndarray) -> float:
 
 
 def throughput(root: Path, backbone: str, subset: int, workers: list[int], rounds: int,
-               batch_size: int) -> dict:
+               batch_size: int, threads: int) -> dict:
+    import torch
+
     from omnifer.pools.embed import CHUNK, Embedder
 
+    torch.set_num_threads(threads)
     pool, model = pool_view(root, subset), checkpoint(root, backbone)
     images = decoded(pool)
     embedders = {"bare": Embedder(model, device="cpu", batch_size=batch_size),
@@ -309,8 +327,9 @@ def throughput(root: Path, backbone: str, subset: int, workers: list[int], round
         embedder(images[:batch_size])  # warm-up
     arms = [*embedders, *[f"e2e w={w}" for w in workers]]
     rates: dict[str, list[float]] = {a: [] for a in arms}
-    print(f"\n## throughput: {backbone} @ {SIZE}px, {subset} faces per round, batch "
-          f"{batch_size}, {rounds} rounds", flush=True)
+    print(f"\n## throughput: {backbone} @ {SIZE}px, {torch.get_num_threads()} torch threads, "
+          f"{subset} faces per round, batch {batch_size}, {rounds} rounds "
+          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     for r in range(rounds):
         order = arms[r % len(arms):] + arms[:r % len(arms)]
         for arm in order:
@@ -318,18 +337,21 @@ def throughput(root: Path, backbone: str, subset: int, workers: list[int], round
                 rates[arm].append(bare(embedders[arm], images))
             else:
                 rates[arm].append(e2e(pool, model, int(arm.split("=")[1]), batch_size))
-        print(f"round {r + 1}: " + ", ".join(f"{a} {rates[a][-1]:.1f}/s" for a in arms),
-              flush=True)
+        print(f"round {r + 1}: " + ", ".join(f"{a} {rates[a][-1]:.1f}/s" for a in arms)
+              + f" (load average {os.getloadavg()[0]:.2f})", flush=True)
     med = {a: statistics.median(v) for a, v in rates.items()}
     best = max(workers, key=lambda w: med[f"e2e w={w}"])
-    return {"backbone": backbone, "subset": subset, "rates": rates, "median": med,
-            "best_workers": best, "chunk": CHUNK}
+    return {"backbone": backbone, "subset": subset, "threads": threads, "rates": rates,
+            "median": med, "best_workers": best, "chunk": CHUNK}
 
 
 # ---------------------------------------------------------------- profile
 
-def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: int) -> dict:
+def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: int,
+            threads: list[int]) -> dict:
     """Where end-to-end time goes, measured piece by piece on ``n`` faces."""
+    import torch
+
     from omnifer.pools import embed as E
     from omnifer.pools.sources import open_pool
 
@@ -341,25 +363,32 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
     t0 = time.perf_counter()
     chunks = [E.read_chunk(source, keys[i:i + E.CHUNK], size=SIZE)
               for i in range(0, len(keys), E.CHUNK)]
-    out["read+decode+hash ms/image (1 process)"] = (time.perf_counter() - t0) * 1000 / len(keys)
+    out["read + decode + hash, ms/image (in one process)"] = \
+        (time.perf_counter() - t0) * 1000 / len(keys)
     for w in workers:
         t0 = time.perf_counter()
         got = sum(len(c.images) for c, _ in E._local_chunks(source, keys, config=config,
                                                            workers=w, embedder=None))
-        out[f"worker pipeline alone, w={w} (images/s)"] = got / (time.perf_counter() - t0)
-    embedder = E.Embedder(model, device="cpu", batch_size=batch_size)
+        out[f"DataLoader pipeline alone (no model), w={w}, images/s"] = \
+            got / (time.perf_counter() - t0)
     images = np.concatenate([c.images for c in chunks])
-    embedder(images[:batch_size])
-    t0 = time.perf_counter()
-    embs = [embedder(c.images) for c in chunks]
-    out[f"model on {E.CHUNK}-image chunks (images/s)"] = n / (time.perf_counter() - t0)
-    out[f"model on {batch_size}-image batches (images/s)"] = bare(embedder, images)
+    embs = []
+    for th in threads:
+        torch.set_num_threads(th)
+        embedder = E.Embedder(model, device="cpu", batch_size=batch_size)
+        embedder(images[:batch_size])
+        t0 = time.perf_counter()
+        embs = [embedder(c.images) for c in chunks]
+        out[f"model on the engine's {E.CHUNK}-image chunks, {th} threads, images/s"] = \
+            n / (time.perf_counter() - t0)
+        out[f"model on {batch_size}-image batches, {th} threads, images/s"] = \
+            bare(embedder, images)
     rows = [{"key": k, "id": str(i), "face": 0, "status": "ok"} for i, k in enumerate(keys)]
     with tempfile.TemporaryDirectory() as tmp:
         writer = E.ShardedWriter(Path(tmp) / "shards", config_fingerprint="bench")
         t0 = time.perf_counter()
         E._write_shard(writer, 0, rows, embs)
-        out["shard writing ms/image"] = (time.perf_counter() - t0) * 1000 / n
+        out["shard writing, ms/image"] = (time.perf_counter() - t0) * 1000 / n
     return out
 
 
@@ -384,6 +413,8 @@ def main() -> None:
                     help="a throughput measurement: backbone and faces per round "
                          "(repeatable; default mobilenet_v3_small:4000 and resnet18:1000)")
     ap.add_argument("--workers", default="1,2", help="DataLoader worker counts to compare")
+    ap.add_argument("--threads", default=None,
+                    help="torch thread counts to compare (default: torch's own count)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--memory-backbone", default="mobilenet_v3_small",
@@ -391,15 +422,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="20000,80000", help="pool sizes of the full passes")
     ap.add_argument("--profile-faces", type=int, default=2000)
     ap.add_argument("--skip", default="", help="comma list of: throughput, profile, memory")
+    ap.add_argument("--full-workers", type=int, default=None,
+                    help="workers of the full passes (default: best of the first throughput)")
+    ap.add_argument("--full-threads", type=int, default=None,
+                    help="torch threads of the full passes (default: best of the first "
+                         "throughput)")
     ap.add_argument("--write-procs", type=int, default=2, help="processes writing the pool")
-    ap.add_argument("--child-embed", nargs=5, metavar=("POOL", "OUT", "MODEL", "W", "BATCH"),
+    ap.add_argument("--child-embed", nargs=6,
+                    metavar=("POOL", "OUT", "MODEL", "W", "BATCH", "THREADS"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--child-index", nargs=2, metavar=("SHARDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child_embed:
-        pool, out, model, w, b = args.child_embed
-        print(json.dumps(child_embed(Path(pool), Path(out), Path(model), int(w), int(b))))
+        pool, out, model, w, b, th = args.child_embed
+        print(json.dumps(child_embed(Path(pool), Path(out), Path(model), int(w), int(b),
+                                     int(th))))
         return
     if args.child_index:
         print(json.dumps(child_index(Path(args.child_index[0]), Path(args.child_index[1]))))
@@ -410,88 +448,100 @@ def main() -> None:
     root = Path(args.pool_dir)
     skip = set(filter(None, args.skip.split(",")))
     workers = [int(w) for w in args.workers.split(",")]
+    threads = ([int(t) for t in args.threads.split(",")] if args.threads
+               else [torch.get_num_threads()])
     sizes = [int(s) for s in args.sizes.split(",")]
     specs = args.model or ["mobilenet_v3_small:4000", "resnet18:1000"]
+    specs = [(name, int(n or 4000)) for name, _, n in (s.partition(":") for s in specs)]
     print("$ " + " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]))
     print(f"machine: {machine()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads in the embedding process "
-          f"(DataLoader workers use 1)")
-    t_write = ensure_faces(root, max(sizes + [int(s.split(':')[1]) for s in specs if ':' in s]),
-                           args.write_procs)
+    print(f"python {platform.python_version()}, torch {torch.__version__}, default "
+          f"{torch.get_num_threads()} torch threads; measured with {threads} threads in the "
+          "embedding process (DataLoader workers use 1 each)")
+    t_write = ensure_faces(root, max(sizes + [n for _, n in specs]), args.write_procs)
     print(f"pool: {root / 'faces'} ({SIZE}x{SIZE} JPEG q{QUALITY}, folders of {FOLDER}); "
-          f"written now in {t_write:.0f} s" if t_write else
-          f"pool: {root / 'faces'} ({SIZE}x{SIZE} JPEG q{QUALITY}, folders of {FOLDER}); reused")
+          + (f"written now in {t_write:.0f} s" if t_write else "reused"), flush=True)
 
     results = []
     if "throughput" not in skip:
-        for spec in specs:
-            name, _, subset = spec.partition(":")
-            results.append(throughput(root, name, int(subset or 4000), workers, args.rounds,
-                                      args.batch_size))
+        for name, subset in specs:
+            for th in threads:
+                results.append(throughput(root, name, subset, workers, args.rounds,
+                                          args.batch_size, th))
     prof = None
     if "profile" not in skip:
-        prof = profile(root, args.memory_backbone, args.profile_faces, workers, args.batch_size)
-    best = results[0]["best_workers"] if results else workers[-1]
+        prof = profile(root, args.memory_backbone, args.profile_faces, workers, args.batch_size,
+                       threads)
+    first = [r for r in results if r["backbone"] == args.memory_backbone]
+    top = max(first, key=lambda r: r["median"][f"e2e w={r['best_workers']}"]) if first else None
+    full_w = args.full_workers or (top["best_workers"] if top else workers[-1])
+    full_th = args.full_threads or (top["threads"] if top else threads[0])
     mem, idx = [], []
     if "memory" not in skip:
-        print(f"\n## full passes: {args.memory_backbone} @ {SIZE}px, workers={best}, "
-              "each in a fresh process", flush=True)
+        print(f"\n## full passes: {args.memory_backbone} @ {SIZE}px, workers={full_w}, "
+              f"{full_th} torch threads, each in a fresh process", flush=True)
         model = checkpoint(root, args.memory_backbone)
         runs = root / "runs"
         for n in sizes:
             pool = pool_view(root, n)
             out = runs / f"{args.memory_backbone}-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            mem.append(run_child(["--child-embed", str(pool), str(out), str(model), str(best),
-                                  str(args.batch_size)]))
+            mem.append(run_child(["--child-embed", str(pool), str(out), str(model), str(full_w),
+                                  str(args.batch_size), str(full_th)]))
             print(f"  {n}: {mem[-1]['rate']:.1f} faces/s, {mem[-1]['seconds']:.0f} s, "
-                  f"peak self {mem[-1]['self_peak_mib']:.0f} MiB", flush=True)
+                  f"peak RSS {mem[-1]['self_peak_mib']:.0f} MiB (load average "
+                  f"{os.getloadavg()[0]:.2f})", flush=True)
         for n in sizes:
             out = runs / f"{args.memory_backbone}-{n}"
             shutil.rmtree(out / "index-run", ignore_errors=True)
             idx.append(run_child(["--child-index", str(out / "shards"), str(out / "index-run")]))
 
     print("\n# results\n")
-    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {machine()}; torch {torch.__version__}")
     if results:
-        print(f"\n| model | faces/round | arm | rounds (images/s) | median images/s | vs bare "
-              f"(b={args.batch_size}) | vs bare b={results[0]['chunk']} |")
-        print("|---|---|---|---|---|---|---|")
+        chunk = results[0]["chunk"]
+        print(f"\n| model | torch threads | faces/round | arm | rounds (images/s) | median "
+              f"images/s | vs bare b={args.batch_size} | vs bare b={chunk} |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in results:
-            b, c = r["median"]["bare"], r["median"][f"bare b={r['chunk']}"]
+            b, c = r["median"]["bare"], r["median"][f"bare b={chunk}"]
             for arm, rates in r["rates"].items():
-                print(f"| {r['backbone']} @ {SIZE} | {r['subset']} | {arm} | "
+                label = f"bare b={args.batch_size}" if arm == "bare" else arm
+                print(f"| {r['backbone']} @ {SIZE} | {r['threads']} | {r['subset']} | {label} | "
                       f"{', '.join(f'{v:.1f}' for v in rates)} | {r['median'][arm]:.1f} | "
                       f"{r['median'][arm] / b:.1%} | {r['median'][arm] / c:.1%} |")
+        print()
         for r in results:
             w = r["best_workers"]
-            e, chunk = r["median"][f"e2e w={w}"], r["chunk"]
-            print(f"\n{r['backbone']}: best workers={w}; end to end / bare = "
-                  f"{e / r['median']['bare']:.1%} (bare at batch {args.batch_size}), "
+            e = r["median"][f"e2e w={w}"]
+            print(f"{r['backbone']}, {r['threads']} threads: best workers={w}; end to end / bare "
+                  f"= {e / r['median']['bare']:.1%} (bare at batch {args.batch_size}), "
                   f"{e / r['median'][f'bare b={chunk}']:.1%} (bare at batch {chunk}, the chunk "
                   "size the engine hands the model); target >= 85%")
-        if mem and results[0]["backbone"] == args.memory_backbone:
-            b = results[0]["median"]["bare"]
+        same = [r for r in first if r["threads"] == full_th]
+        if mem and same:
+            b = same[0]["median"]["bare"]
             for n, m in zip(sizes, mem):
-                print(f"{args.memory_backbone}: full {n}-face end-to-end pass (fresh process, "
-                      f"w={best}): {m['rate']:.1f} images/s = {m['rate'] / b:.1%} of the median "
-                      "bare rate")
+                print(f"{args.memory_backbone}, {full_th} threads: full {n}-face end-to-end pass "
+                      f"(fresh process, w={full_w}): {m['rate']:.1f} images/s = "
+                      f"{m['rate'] / b:.1%} of the median bare rate (batch {args.batch_size})")
     if prof:
-        print(f"\n| profile ({args.memory_backbone} @ {SIZE}, {args.profile_faces} faces) | value |")
+        print(f"\n| profile: {args.memory_backbone} @ {SIZE}, {args.profile_faces} faces | value |")
         print("|---|---|")
         for k, v in prof.items():
             print(f"| {k} | {v:.2f} |")
     if mem:
-        print(f"\n| embed_pool, {args.memory_backbone} @ {SIZE}, w={best} | faces | seconds | "
-              "images/s | RSS before (MiB) | peak RSS main (MiB) | peak RSS largest worker "
-              "(MiB) | sampled peak PSS all processes (MiB) | sampled peak RSS all (MiB) |")
+        print(f"\n| embed_pool, {args.memory_backbone} @ {SIZE}, w={full_w}, {full_th} threads | "
+              "faces | seconds | images/s | RSS before embedding (MiB) | peak RSS, main process "
+              "(getrusage self / VmHWM, MiB) | peak RSS, largest child (getrusage children / "
+              "sampled worker VmHWM, MiB) | sampled peak PSS, all processes (MiB) | sampled "
+              "peak RSS, all processes (MiB) |")
         print("|---|---|---|---|---|---|---|---|---|")
         for n, m in zip(sizes, mem):
             print(f"| pool of {n} | {m['faces']} | {m['seconds']:.0f} | {m['rate']:.1f} | "
-                  f"{m['baseline_mib']:.0f} | {m['self_peak_mib']:.0f} | "
-                  f"{m['worker_peak_mib']:.0f} | {m['tree_pss_peak_mib']:.0f} | "
-                  f"{m['tree_rss_peak_mib']:.0f} |")
+                  f"{m['baseline_mib']:.0f} | {m['self_peak_mib']:.0f} / {m['self_hwm_mib']:.0f} | "
+                  f"{m['worker_peak_mib']:.0f} / {m['worker_hwm_mib']:.0f} | "
+                  f"{m['tree_pss_peak_mib']:.0f} | {m['tree_rss_peak_mib']:.0f} |")
         print("\n| gather + build_pool_index | faces | D | gather s | index s | RSS before (MiB) "
               "| peak after gather (MiB) | peak RSS (MiB) | flat float32 index (MiB) | how |")
         print("|---|---|---|---|---|---|---|---|---|---|")

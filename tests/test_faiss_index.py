@@ -57,7 +57,8 @@ def test_choose_factory_follows_size():
 
 def test_default_search_params():
     assert fi.default_search_params("Flat", 10) == {}
-    assert fi.default_search_params("IVF8192,SQ8", 5_800_000) == {"nprobe": 128}
+    assert fi.default_search_params("IVF8192,SQ8", 5_800_000) == {"nprobe": 512}
+    assert fi.default_search_params("IVF65536,SQ8", 300_000_000) == {"nprobe": 2048}
     assert fi.default_search_params("IVF256,SQ8", 40_000) == {"nprobe": 16}
     assert fi.default_search_params("IVF8,SQ8", 100) == {"nprobe": 8}
     assert fi.default_search_params("HNSW32", 10) == {"efSearch": 128}
