@@ -4,22 +4,24 @@ Throughput: on one pool of synthetic 112x112 JPEG faces (folders of 1,000, writt
 cached under ``--pool-dir``), the end-to-end arm is ``embed_pool(open_pool(pool), out, ...)``
 (listing, reading, JPEG decoding and hashing in DataLoader worker processes, embedding,
 shard writing) and the bare arm is ``Embedder(...)(images)`` on the same images already
-decoded in memory, same model and batch size. The arms alternate in one process, in a
-rotating order, so the machine's load affects them alike; the medians and their ratio are
-reported, and one full end-to-end pass over the whole pool is timed in a fresh process.
+decoded in memory, same model, at the configured batch size and at the engine's chunk size
+(the local engine hands the model one chunk of ``CHUNK`` images at a time). The arms
+alternate in one process, in a rotating order, so the machine's load affects them alike;
+the medians and their ratios are reported per torch thread count, and full end-to-end
+passes over the whole pool are timed in fresh processes.
 
-Memory: each pool size is embedded end to end in a fresh subprocess, which reports its peak
-RSS (``getrusage`` of itself and of its largest worker), and a sampled peak of the summed
-PSS/RSS of itself and its workers. ``gather()`` + ``build_pool_index()`` over the shards of
-each size run in another fresh subprocess: they hold the flat index (4 * D bytes per face),
-which grows with the pool by design.
+Memory: each pool size is embedded end to end in a fresh subprocess, which reports the
+high-water RSS (VmHWM) of itself and of its largest worker, and sampled peaks of the summed
+PSS and RSS of itself and its workers. ``gather()`` + ``build_pool_index()`` over the shards
+of each size run in another fresh subprocess: they hold the flat index (4 * D bytes per
+face), which grows with the pool by design.
 
 A short profile splits the end-to-end cost: decoding per image, the worker pipeline alone,
 the model on the chunks the engine hands it, and shard writing.
 
     python bench/bench_index.py --pool-dir /tmp/omnifer-bench-pool \\
-        --model mobilenet_v3_small:4000 --model resnet18:1000 \\
-        --memory-backbone mobilenet_v3_small --sizes 20000,80000
+        --model mobilenet_v3_small:4000 --model resnet18:1000 --threads 2,1 \\
+        --workers 0,1,2 --sizes 20000,80000
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -177,7 +178,7 @@ class TreeSampler(threading.Thread):
     """Sampled peaks over this process and its descendants: the summed PSS and RSS, and the
     largest high-water RSS (VmHWM) of a descendant."""
 
-    def __init__(self, every: float = 0.25) -> None:
+    def __init__(self, every: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.every, self.pss, self.rss, self.child_hwm, self.procs = every, 0, 0, 0, 0
         self._stop_event = threading.Event()
@@ -198,13 +199,14 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def maxrss_mib() -> tuple[float, float]:
-    """Peak RSS of this process and of its largest (waited-for) descendant, MiB.
+def peak_mib(pid: int | str = "self") -> float:
+    """The high-water RSS (VmHWM) of a process, MiB.
 
-    On Linux a process started with vfork + exec inherits its parent's peak here, so the
-    children of this script are started with a plain fork (see :func:`run_child`)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    ``getrusage(...).ru_maxrss`` is not used for the subprocesses: on Linux a process started
+    by fork/vfork + exec keeps its parent's RSS at the time of the fork as its starting peak,
+    so a child of this (large) process would report at least this process's size. VmHWM
+    belongs to the address space, which exec replaces."""
+    return _kib(pid, "status", "VmHWM") / 1024
 
 
 # ---------------------------------------------------------------- child processes
@@ -226,12 +228,10 @@ def child_embed(pool: Path, out: Path, model: Path, workers: int, batch_size: in
                         workers=workers)
     seconds = time.perf_counter() - t0
     sampler.stop()
-    self_mib, child_mib = maxrss_mib()
     return {"faces": result.counts["faces"], "seconds": seconds,
             "rate": result.counts["faces"] / seconds, "shards": len(result.shards),
-            "baseline_mib": base, "self_peak_mib": self_mib, "worker_peak_mib": child_mib,
-            "self_hwm_mib": _kib(os.getpid(), "status", "VmHWM") / 1024,
-            "worker_hwm_mib": sampler.child_hwm / 1024,
+            "baseline_mib": base, "self_peak_mib": peak_mib(),
+            "worker_peak_mib": sampler.child_hwm / 1024,
             "tree_pss_peak_mib": sampler.pss / 1024, "tree_rss_peak_mib": sampler.rss / 1024,
             "processes": sampler.procs, "threads": torch.get_num_threads()}
 
@@ -250,7 +250,7 @@ def child_index(shards_dir: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     emb, _, n = gather(shards, None, out)
     t_gather = time.perf_counter() - t0
-    gather_peak = maxrss_mib()[0]
+    gather_peak = peak_mib()
     t0 = time.perf_counter()
     try:
         from omnifer.pools.index import build_pool_index
@@ -276,16 +276,14 @@ def child_index(shards_dir: Path, out: Path) -> dict:
     dim = np.load(emb, mmap_mode="r").shape[1]
     return {"faces": n, "dim": dim, "gather_s": t_gather, "index_s": t_index, "how": how,
             "baseline_mib": base, "gather_peak_mib": gather_peak,
-            "peak_mib": maxrss_mib()[0], "hwm_mib": _kib(os.getpid(), "status", "VmHWM") / 1024,
+            "peak_mib": peak_mib(),
             "flat_mib": n * dim * 4 / 2**20}
 
 
 def run_child(args: list[str]) -> dict:
     cmd = [sys.executable, str(HERE), *args]
     print("  $ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    # preexec_fn makes subprocess fork instead of vfork, so the child's getrusage peak does
-    # not start at this (large) process's peak
-    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=os.getpid)
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"child failed: {' '.join(cmd)}")
@@ -398,7 +396,8 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in fh
+                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -456,8 +455,8 @@ def main() -> None:
     print("$ " + " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]))
     print(f"machine: {machine()}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, default "
-          f"{torch.get_num_threads()} torch threads; measured with {threads} threads in the "
-          "embedding process (DataLoader workers use 1 each)")
+          f"{torch.get_num_threads()} torch threads in the embedding process (DataLoader "
+          "workers use 1 each)")
     t_write = ensure_faces(root, max(sizes + [n for _, n in specs]), args.write_procs)
     print(f"pool: {root / 'faces'} ({SIZE}x{SIZE} JPEG q{QUALITY}, folders of {FOLDER}); "
           + (f"written now in {t_write:.0f} s" if t_write else "reused"), flush=True)
@@ -533,17 +532,17 @@ def main() -> None:
     if mem:
         print(f"\n| embed_pool, {args.memory_backbone} @ {SIZE}, w={full_w}, {full_th} threads | "
               "faces | seconds | images/s | RSS before embedding (MiB) | peak RSS, main process "
-              "(getrusage self / VmHWM, MiB) | peak RSS, largest child (getrusage children / "
-              "sampled worker VmHWM, MiB) | sampled peak PSS, all processes (MiB) | sampled "
-              "peak RSS, all processes (MiB) |")
+              "(VmHWM, MiB) | peak RSS, largest worker (VmHWM, MiB) | sampled peak PSS, all "
+              "processes (MiB) | sampled peak RSS, all processes (MiB) |")
         print("|---|---|---|---|---|---|---|---|---|")
         for n, m in zip(sizes, mem):
             print(f"| pool of {n} | {m['faces']} | {m['seconds']:.0f} | {m['rate']:.1f} | "
-                  f"{m['baseline_mib']:.0f} | {m['self_peak_mib']:.0f} / {m['self_hwm_mib']:.0f} | "
-                  f"{m['worker_peak_mib']:.0f} / {m['worker_hwm_mib']:.0f} | "
+                  f"{m['baseline_mib']:.0f} | {m['self_peak_mib']:.0f} | "
+                  f"{m['worker_peak_mib']:.0f} | "
                   f"{m['tree_pss_peak_mib']:.0f} | {m['tree_rss_peak_mib']:.0f} |")
         print("\n| gather + build_pool_index | faces | D | gather s | index s | RSS before (MiB) "
-              "| peak after gather (MiB) | peak RSS (MiB) | flat float32 index (MiB) | how |")
+              "| peak RSS after gather (VmHWM, MiB) | peak RSS (VmHWM, MiB) | flat float32 index "
+              "(MiB) | how |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for n, m in zip(sizes, idx):
             print(f"| pool of {n} | {m['faces']} | {m['dim']} | {m['gather_s']:.1f} | "

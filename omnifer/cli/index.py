@@ -29,7 +29,7 @@ from omnifer.errors import OmniferError
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=8192, show_default=True,
               help="Pool items per resumable shard.")
-@click.option("--workers", type=int, default=None, help="Decoding processes [CPU count, max 8].")
+@click.option("--workers", type=int, default=None, help="Decoding processes [CPU count - 1, max 8].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--factory", default="auto", show_default=True,
               help="FAISS factory string, or auto (flat up to 1M vectors, approximate above).")
@@ -61,7 +61,8 @@ def command(ctx: Context, pool: str, source: str | None, model_ref: str | None,
     fp_config = asdict(config)
     previous = ws.latest("index", where=lambda r: r.manifest.get("config") == _jsonable(fp_config))
     inherited = [Path(p) for p in previous.outputs.get("shards", [])] if previous else []
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    # one core stays with the model: on few cores more decoders only slow it down
+    workers = workers if workers is not None else min(8, (os.cpu_count() or 1) - 1)
     with ws.start_run("index", config=fp_config, inputs={"pool": pool, "model": model},
                       device=device) as run:
         with ctx.progress("embedding", unit="img") as bar:

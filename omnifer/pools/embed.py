@@ -242,7 +242,7 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     for j, shard_keys in enumerate(shards):
         if embedder is None and engine == "local":
             embedder = Embedder(config.model, device=config.device, batch_size=config.batch_size)
-        rows, embeddings = [], []
+        rows, embeddings, pending = [], [], []
         for chunk, emb in run(source, shard_keys, config=config, workers=workers,
                               embedder=embedder):
             for s in chunk.skipped:
@@ -253,15 +253,18 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
             counts["duplicates"] += keep.count(False)
             counts["faces"] += keep.count(True)
             if emb is None:  # the local engine embeds here, duplicates left out
-                emb = embedder(chunk.images[np.flatnonzero(keep)]) if any(keep) else None
+                pending.append(chunk.images[np.flatnonzero(keep)])
+                if sum(map(len, pending)) >= config.batch_size:
+                    embeddings.append(embedder(np.concatenate(pending)))
+                    pending = []
             else:
-                emb = emb[np.flatnonzero(keep)]
-            if emb is not None and len(emb):
-                embeddings.append(emb)
+                embeddings.append(emb[np.flatnonzero(keep)])
             rows += chunk.rows + chunk.skipped
             counts["items"] += len({r["key"] for r in chunk.rows + chunk.skipped})
             if progress:
                 progress(counts["reused"] + counts["items"], len(keys))
+        if pending:
+            embeddings.append(embedder(np.concatenate(pending)))
         _write_shard(writer, start + j, rows, embeddings)
     return EmbedResult([*inherited, *writer.shard_paths()], counts,
                        time.perf_counter() - t0, bad)

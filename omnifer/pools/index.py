@@ -65,7 +65,8 @@ def build_pool_index(embeddings: Path, out_dir: str | Path, *, factory: str = "a
                      device: str = "auto", extra: dict[str, Any] | None = None
                      ) -> tuple[Path, dict[str, Any]]:
     """A FAISS index over ``embeddings.npy`` written to ``out_dir/index``; returns dir, sidecar."""
-    from omnifer.pools.faiss_index import build_index, choose_factory, read_index, write_index
+    from omnifer.artifacts import read_json
+    from omnifer.pools.faiss_index import SIDECAR_FILE, build_index, choose_factory, write_index
 
     vectors = np.load(embeddings, mmap_mode="r")
     n, dim = vectors.shape
@@ -73,4 +74,4 @@ def build_pool_index(embeddings: Path, out_dir: str | Path, *, factory: str = "a
     index = build_index(vectors, factory=factory, device=device)
     directory = Path(out_dir) / "index"
     write_index(index, directory, factory=factory, count=n, dim=dim, extra=extra)
-    return directory, read_index(directory)[1]
+    return directory, read_json(directory / SIDECAR_FILE)
