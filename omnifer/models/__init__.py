@@ -6,7 +6,8 @@ Importing this package imports torch; torchvision loads inside the backbone fact
 from __future__ import annotations
 
 from omnifer.models.backbones import BACKBONES, build_backbone, register_backbone
-from omnifer.models.checkpoint import load_checkpoint, read_model_config, save_checkpoint
+from omnifer.models.checkpoint import (load_checkpoint, load_models, read_model_config,
+                                       resolve_device, save_checkpoint)
 from omnifer.models.model import (
     ModelConfig,
     MultitaskModel,
@@ -25,8 +26,10 @@ __all__ = [
     "build_model",
     "load_backbone_weights",
     "load_checkpoint",
+    "load_models",
     "read_model_config",
     "register_backbone",
+    "resolve_device",
     "save_checkpoint",
     "va_quadrant",
 ]

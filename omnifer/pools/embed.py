@@ -175,7 +175,7 @@ class Embedder:
                  batch_size: int = 256) -> None:
         import torch
 
-        from omnifer.train.loop import load_models, resolve_device
+        from omnifer.models import load_models, resolve_device
 
         self.device = resolve_device(device)
         self.model = load_models(model_path, device=self.device)[0].eval()

@@ -32,7 +32,7 @@ from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
 from omnifer.labels import TASKS
 from omnifer.models import (ModelConfig, MultitaskModel, build_model, load_checkpoint,
-                            save_checkpoint)
+                            load_models, resolve_device, save_checkpoint)
 from omnifer.train import evaluate as E
 from omnifer.train.calibration import fit_temperature
 from omnifer.train.config import TrainConfig
@@ -55,19 +55,6 @@ class TrainResult:
     counts: dict[str, int]
     balance: dict[str, Any] | None
     seconds: float
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OmniferError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OmniferError(f"device {device!r} asked for but CUDA is not available; use cpu")
-    return dev
 
 
 def split_validation(labeled: LabeledSet, fraction: float, seed: int
@@ -120,21 +107,6 @@ def model_config_for(labeled: LabeledSet, config: TrainConfig,
         va_head=va_head, va_bins=va_bins, joint=config.joint, input_size=config.input_size,
         dropout=config.dropout,
     )
-
-
-def load_models(path: str | Path, *, device: str | torch.device = "cpu") -> list[MultitaskModel]:
-    """The models of a checkpoint directory or of a train run (every ensemble member)."""
-    path = Path(path)
-    if (path / "model.json").is_file() or path.suffix in (".json", ".safetensors"):
-        return [load_checkpoint(path, device=device)]
-    members = sorted((path / "members").glob("*/model/model.json"),
-                     key=lambda p: int(p.parent.parent.name))
-    if not members:
-        raise OmniferError(
-            f"no model at {path}: expected model.json or members/<k>/model/ of a train run; "
-            "finish `omnifer train` (or --resume it) or point at a checkpoint directory"
-        )
-    return [load_checkpoint(p.parent, device=device) for p in members]
 
 
 def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, n: int, *,
