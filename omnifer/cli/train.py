@@ -32,7 +32,7 @@ def read_data(ws: Workspace, ref: str, *, on_bad_files: str | None = None, progr
 
     path = Path(ref)
     if not path.exists():
-        run = ws.resolve(ref, "mine", hint="")
+        run = ws.resolve(ref, "mine")
         if "dataset" not in run.outputs:
             raise OmniferError(
                 f"run {run.stage}/{run.run_id} has no dataset output; pass a mine or distill run "
