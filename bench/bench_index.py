@@ -4,8 +4,7 @@ Throughput: on one pool of synthetic 112x112 JPEG faces (folders of 1,000, writt
 cached under ``--pool-dir``), the end-to-end arm is ``embed_pool(open_pool(pool), out, ...)``
 (listing, reading, JPEG decoding and hashing in DataLoader worker processes, embedding,
 shard writing) and the bare arm is ``Embedder(...)(images)`` on the same images already
-decoded in memory, same model, at the configured batch size and at the engine's chunk size
-(the local engine hands the model one chunk of ``CHUNK`` images at a time). The arms
+decoded in memory, same model, same batch size. The arms
 alternate in one process, in a rotating order, so the machine's load affects them alike;
 the medians and their ratios are reported per torch thread count, and full end-to-end
 passes over the whole pool are timed in fresh processes.
@@ -17,7 +16,7 @@ of each size run in another fresh subprocess: they hold the flat index (4 * D by
 face), which grows with the pool by design.
 
 A short profile splits the end-to-end cost: decoding per image, the worker pipeline alone,
-the model on the chunks the engine hands it, and shard writing.
+the model, and shard writing.
 
     python bench/bench_index.py --pool-dir /tmp/omnifer-bench-pool \\
         --model mobilenet_v3_small:4000 --model resnet18:1000 --threads 2,1 \\
@@ -314,13 +313,12 @@ def throughput(root: Path, backbone: str, subset: int, workers: list[int], round
                batch_size: int, threads: int) -> dict:
     import torch
 
-    from omnifer.pools.embed import CHUNK, Embedder
+    from omnifer.pools.embed import Embedder
 
     torch.set_num_threads(threads)
     pool, model = pool_view(root, subset), checkpoint(root, backbone)
     images = decoded(pool)
-    embedders = {"bare": Embedder(model, device="cpu", batch_size=batch_size),
-                 f"bare b={CHUNK}": Embedder(model, device="cpu", batch_size=CHUNK)}
+    embedders = {"bare": Embedder(model, device="cpu", batch_size=batch_size)}
     for embedder in embedders.values():
         embedder(images[:batch_size])  # warm-up
     arms = [*embedders, *[f"e2e w={w}" for w in workers]]
@@ -340,7 +338,7 @@ def throughput(root: Path, backbone: str, subset: int, workers: list[int], round
     med = {a: statistics.median(v) for a, v in rates.items()}
     best = max(workers, key=lambda w: med[f"e2e w={w}"])
     return {"backbone": backbone, "subset": subset, "threads": threads, "rates": rates,
-            "median": med, "best_workers": best, "chunk": CHUNK}
+            "median": med, "best_workers": best}
 
 
 # ---------------------------------------------------------------- profile
@@ -375,12 +373,9 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
         torch.set_num_threads(th)
         embedder = E.Embedder(model, device="cpu", batch_size=batch_size)
         embedder(images[:batch_size])
-        t0 = time.perf_counter()
-        embs = [embedder(c.images) for c in chunks]
-        out[f"model on the engine's {E.CHUNK}-image chunks, {th} threads, images/s"] = \
-            n / (time.perf_counter() - t0)
         out[f"model on {batch_size}-image batches, {th} threads, images/s"] = \
             bare(embedder, images)
+        embs = [embedder(images)]
     rows = [{"key": k, "id": str(i), "face": 0, "status": "ok"} for i, k in enumerate(keys)]
     with tempfile.TemporaryDirectory() as tmp:
         writer = E.ShardedWriter(Path(tmp) / "shards", config_fingerprint="bench")
@@ -498,25 +493,23 @@ def main() -> None:
     print("\n# results\n")
     print(f"machine: {machine()}; torch {torch.__version__}")
     if results:
-        chunk = results[0]["chunk"]
         print(f"\n| model | torch threads | faces/round | arm | rounds (images/s) | median "
-              f"images/s | vs bare b={args.batch_size} | vs bare b={chunk} |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"images/s | vs bare b={args.batch_size} |")
+        print("|---|---|---|---|---|---|---|")
         for r in results:
-            b, c = r["median"]["bare"], r["median"][f"bare b={chunk}"]
+            b = r["median"]["bare"]
             for arm, rates in r["rates"].items():
                 label = f"bare b={args.batch_size}" if arm == "bare" else arm
                 print(f"| {r['backbone']} @ {SIZE} | {r['threads']} | {r['subset']} | {label} | "
                       f"{', '.join(f'{v:.1f}' for v in rates)} | {r['median'][arm]:.1f} | "
-                      f"{r['median'][arm] / b:.1%} | {r['median'][arm] / c:.1%} |")
+                      f"{r['median'][arm] / b:.1%} |")
         print()
         for r in results:
             w = r["best_workers"]
             e = r["median"][f"e2e w={w}"]
             print(f"{r['backbone']}, {r['threads']} threads: best workers={w}; end to end / bare "
-                  f"= {e / r['median']['bare']:.1%} (bare at batch {args.batch_size}), "
-                  f"{e / r['median'][f'bare b={chunk}']:.1%} (bare at batch {chunk}, the chunk "
-                  "size the engine hands the model); target >= 85%")
+                  f"= {e / r['median']['bare']:.1%} (bare at batch {args.batch_size}); "
+                  "target >= 85%")
         same = [r for r in first if r["threads"] == full_th]
         if mem and same:
             b = same[0]["median"]["bare"]

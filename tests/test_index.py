@@ -180,3 +180,36 @@ def test_detect_and_align_on_a_real_photo(model_dir, tmp_path):
     assert face["key"] == "astronaut.jpg" and face["det_score"] > 0.9
     assert (lm[:, 0] > x1).all() and (lm[:, 0] < x2).all() and (lm[:, 1] > y1).all()
     assert next(r for r in rows if r["key"] == "gray.png")["status"] == "no_face"
+
+
+def test_fast_jpeg_decoding_matches_pil(tmp_path):
+    """The libjpeg path gives PIL's pixels for EXIF-rotated, gray and CMYK JPEGs; a truncated
+    JPEG falls back to PIL and is reported, not returned half-grey."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from omnifer.pools.embed import _decode_jpeg, decode
+    from omnifer.pools.sources import PoolItem
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (48, 30, 3), dtype=np.uint8)).resize((60, 96))
+    variants = {}
+    exif = base.getexif()
+    exif[0x0112] = 6  # rotate on display
+    for name, im, kw in (("rotated", base, {"exif": exif}), ("gray", base.convert("L"), {}),
+                         ("cmyk", base.convert("CMYK"), {})):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90, **kw)
+        variants[name] = buf.getvalue()
+    for name, data in variants.items():
+        with Image.open(io.BytesIO(data)) as im:
+            ref = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        fast = _decode_jpeg(data)
+        assert fast is not None and fast.shape == ref.shape, name
+        assert np.abs(fast.astype(int) - ref).max() <= 1, name
+    assert _decode_jpeg(variants["rotated"]).shape == (60, 96, 3)  # turned upright
+    broken = variants["gray"][: len(variants["gray"]) // 2]
+    assert _decode_jpeg(broken) is None
+    image, reason = decode(PoolItem("k", broken))
+    assert image is None and reason.startswith("cannot decode image")

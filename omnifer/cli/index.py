@@ -26,7 +26,8 @@ from omnifer.errors import OmniferError
               help="Smallest face side in pixels.")
 @click.option("--fps", type=float, default=None, help="Video pools: frames sampled per second [1].")
 @click.option("--column", default=None, help="Image column of tsv/parquet/hf pools.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Faces per model call [64 on CPU, where larger batches run slower; 256 on GPU].")
 @click.option("--shard-size", type=int, default=8192, show_default=True,
               help="Pool items per resumable shard.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [CPU count - 1, max 8].")
@@ -39,11 +40,11 @@ from omnifer.errors import OmniferError
 @pass_ctx
 def command(ctx: Context, pool: str, source: str | None, model_ref: str | None,
             detect: str | None, det_threshold: float, min_face: int, fps: float | None,
-            column: str | None, batch_size: int, shard_size: int, workers: int | None,
+            column: str | None, batch_size: int | None, shard_size: int, workers: int | None,
             engine: str, factory: str, device: str, on_bad_files: str) -> None:
     """Embed every face of POOL (resumable, incremental) and build a FAISS index over them."""
     from omnifer.artifacts import path_fingerprint
-    from omnifer.models import read_model_config
+    from omnifer.models import read_model_config, resolve_device
     from omnifer.pools import open_pool
     from omnifer.pools.embed import EmbedConfig, embed_pool
     from omnifer.pools.index import build_pool_index, gather
@@ -52,6 +53,8 @@ def command(ctx: Context, pool: str, source: str | None, model_ref: str | None,
     model = _model_dir(ws, model_ref)
     options = {k: v for k, v in (("fps", fps), ("column", column)) if v is not None}
     src = open_pool(pool, source, **options)
+    if batch_size is None:
+        batch_size = 256 if resolve_device(device).type == "cuda" else 64
     config = EmbedConfig(
         pool=str(Path(pool).resolve()), source=src.name, source_options=options,
         model=str(model), model_fingerprint=path_fingerprint(model / "model.safetensors"),

@@ -15,10 +15,12 @@ no_face, ``reason``, ``box``, ``landmarks``, ``det_score``, ``row``) plus
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +95,10 @@ def decode(item: PoolItem) -> tuple[np.ndarray | None, str | None]:
         return None, item.error or "no data"
     if isinstance(item.data, np.ndarray):
         return item.data, None
+    if item.data[:2] == b"\xff\xd8":  # JPEG: libjpeg-turbo through torchvision, ~3x PIL
+        image = _decode_jpeg(item.data)
+        if image is not None:
+            return image, None
     from PIL import Image
 
     from omnifer.data.images import to_rgb
@@ -104,6 +110,32 @@ def decode(item: PoolItem) -> tuple[np.ndarray | None, str | None]:
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data
         reason = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the bytes", one_line(exc))  # no addresses
         return None, f"cannot decode image ({reason})"
+
+
+@functools.cache
+def _torchvision_jpeg() -> Callable[..., Any] | None:
+    """torchvision's libjpeg-turbo decoder, or None where torchvision no longer has it."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                            category=DeprecationWarning)
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    """RGB uint8 of a JPEG with EXIF orientation applied, or None to let PIL decide."""
+    import torch
+
+    decoder = _torchvision_jpeg()
+    if decoder is None:
+        return None
+    try:
+        x = decoder(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    except RuntimeError:  # truncated, corrupt or unusual: PIL decodes it or says why not
+        return None
+    return x.permute(1, 2, 0).numpy()
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
