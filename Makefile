@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/omnifer --workspace demo train --backbone convnet --size 64 --epochs 10 --lr 2e-3
 	$(BIN)/omnifer --workspace demo evaluate
 	$(BIN)/omnifer --workspace demo index demo/data/pool
+	$(BIN)/omnifer --workspace demo mine --threshold 0.9
 	$(BIN)/omnifer --workspace demo status
 
 test: $(STAMP)

@@ -2,11 +2,16 @@
 
 For each seed: a teacher learns from the labeled databases' partial labels (ground truth
 only); a student of the same architecture learns from ground truth and the teacher's soft
-labels on every task of every sample. Both are evaluated on the test set (all labels, held-out
-identities). Results go to ``--out`` as JSON after every model, so a rerun continues.
+labels on every task of every sample. With ``--with`` (e.g. a mined set), a third arm,
+``student+with``, is a student of the same teacher trained on the labeled data plus those
+sources (the teacher's soft labels cover every task of their samples too). All are evaluated on
+the test set (all labels, held-out identities). Results go to ``--out`` as JSON after every
+model; a rerun continues, and a model already evaluated in ``--work`` is not trained again.
 
     omnifer synth demo/data        # the default preset
     python bench/teacher_student.py --data demo/data/labeled.toml --test demo/data/test.toml
+    python bench/teacher_student.py --data demo/data/labeled.toml --test demo/data/test.toml \
+        --with demo/.omnifer/runs/mine/<run>/mined.parquet
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import torch
 
 from omnifer.artifacts import atomic_write_json
-from omnifer.data import read_labeled
+from omnifer.data import LabeledSet, combine, read_labeled
 from omnifer.train import TrainConfig, evaluate_models, load_models, train
 from omnifer.train.images import decoded_images
 
@@ -48,9 +53,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--with", dest="extra", action="append", default=[],
+                    help="a saved sample table (e.g. mined.parquet) for the student+with arm")
     args = ap.parse_args()
 
     labeled, test = read_labeled(args.data), read_labeled(args.test)
+    roles = ["teacher", "student"] + (["student+with"] if args.extra else [])
+    data = {"teacher": labeled, "student": labeled, "student+with":
+            combine([labeled, *map(LabeledSet.load, args.extra)]) if args.extra else None}
     work, out = Path(args.work), Path(args.out)
     cache = work / "cache"
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -58,36 +68,41 @@ def main() -> None:
     for seed in args.seeds:
         config = TrainConfig(backbone=args.backbone, input_size=args.size, epochs=args.epochs,
                              lr=args.lr, seed=seed, patience=0)
-        for role in ("teacher", "student"):
+        for role in roles:
             key = f"{role}/{seed}"
             if key in results:
                 continue
-            teachers = load_models(work / f"teacher-{seed}") if role == "student" else ()
+            run = work / f"{role}-{seed}"
+            fresh = not (run / "test" / "metrics.json").is_file()  # else trained earlier
+            teachers = load_models(work / f"teacher-{seed}") if role != "teacher" else ()
             t0 = time.perf_counter()
-            train(labeled, work / f"{role}-{seed}", config=config, cache_dir=cache,
-                  teachers=teachers)
-            seconds = time.perf_counter() - t0
-            models = load_models(work / f"{role}-{seed}")
-            r = evaluate_models(models, test, test_images, work / f"{role}-{seed}" / "test",
+            if fresh:
+                train(data[role], run, config=config, cache_dir=cache, teachers=teachers)
+            seconds = time.perf_counter() - t0 if fresh else None
+            models = load_models(run)
+            r = evaluate_models(models, test, test_images, run / "test",
                                 device=torch.device("cpu"))
             results[key] = {name: r[t][k] for name, (t, k) in METRICS.items() if t in r}
-            results[key]["train_seconds"] = seconds
+            if seconds is not None:
+                results[key]["train_seconds"] = seconds
+            results[key]["train_samples"] = len(data[role])
             atomic_write_json(out, results)
             print(key, json.dumps({k: round(v, 4) for k, v in results[key].items()}), flush=True)
 
     print(f"\n{len(args.seeds)} seeds, {args.backbone} @ {args.size}px, {args.epochs} epochs; "
           "test set, mean +- std")
-    print(f"{'metric':<24}{'teacher':>18}{'student':>18}{'student higher':>16}")
-    for name in [*METRICS, "train_seconds"]:
+    print(f"| metric | {' | '.join(roles)} | student higher | student+with higher |")
+    print("|---" * (len(roles) + 3) + "|")
+    for name in [*METRICS, "train_seconds", "train_samples"]:
         cols, per_seed = [], []
-        for role in ("teacher", "student"):
+        for role in roles:
             vals = [results[f"{role}/{s}"][name] for s in args.seeds
                     if name in results.get(f"{role}/{s}", {})]
             per_seed.append(vals)
             cols.append(f"{statistics.mean(vals):.4f} +- {(statistics.stdev(vals) if len(vals) > 1 else 0.0):.4f}"
                         if vals else "-")
-        wins = sum(s > t for t, s in zip(*per_seed))
-        print(f"{name:<24}{cols[0]:>18}{cols[1]:>18}{wins:>12}/{len(per_seed[0])}")
+        wins = [f"{sum(s > t for t, s in zip(per_seed[0], p))}/{len(p)}" for p in per_seed[1:]]
+        print(f"| {name} | {' | '.join(cols)} | {' | '.join(wins)} |")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ def test_cli_index_builds_a_flat_index(pool, tiny_synth, tmp_path, run_cli):
 
     index, sidecar = read_index(run / "index")
     emb = np.load(run / "embeddings.npy").astype(np.float32)
-    scores, ids = index.search(emb[:5], 3)
-    assert list(ids[:, 0]) == [0, 1, 2, 3, 4]
+    scores, ids = index.search(emb[:5], 10)
+    # each face finds itself at cosine 1 (a barely trained model may embed others as closely)
+    assert np.allclose(scores[:, 0], 1.0, atol=2e-3) and all(i in ids[i] for i in range(5))
     # a second run over the unchanged pool reuses everything
     r2 = run_cli.json("-q", "-w", ws, "index", pool, "--workers", "0", "--device", "cpu")
     assert r2["counts"]["reused"] == n and r2["counts"]["items"] == 0

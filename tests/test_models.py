@@ -313,3 +313,30 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(OmniferError) as exc:
         load_checkpoint(ckpt)
     assert "model.json is missing" in one_line_error(exc)
+
+
+def test_embedding_is_standardised_with_training_statistics():
+    """Raw post-ReLU features sit in one narrow cone; the embedding is centred with running
+    statistics learned in training mode (not in eval mode, and a batch of one is fine)."""
+    from omnifer.models.model import EmbeddingNorm
+
+    norm = EmbeddingNorm(8)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(64, 8, generator=gen) * torch.arange(1, 9) + 3.0  # positive, offset
+    raw = torch.nn.functional.normalize(data, dim=1)
+    assert (raw @ raw.T).min() > 0.8  # the cone
+    norm.eval()
+    assert torch.allclose(norm(data), raw, atol=1e-6)  # no statistics yet: plain L2 norm
+    norm.train()
+    for chunk in data.split(16):
+        norm(chunk)
+    norm(data[:1])  # one sample: no update, no error
+    assert int(norm.batches) == 4
+    assert torch.allclose(norm.mean, data.mean(0), atol=1e-5)  # cumulative while young
+    norm.eval()
+    emb = norm(data)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(64), atol=1e-5)
+    assert (emb @ emb.T).min() < -0.5 and emb.mean(0).norm() < 0.2  # spread over the sphere
+    before = norm.mean.clone()
+    norm(data * 2)
+    assert torch.equal(norm.mean, before)  # eval mode never updates

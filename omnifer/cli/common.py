@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -49,6 +50,34 @@ class Context:
             yield update
         finally:
             bar.close()
+
+
+def embed_images(ctx: Context, ws: Any, data: Any, model: Path, device: str, what: str) -> Any:
+    """The model's embeddings of a labeled set's images (cached per model and image list)."""
+    import numpy as np
+
+    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
+    from omnifer.cli.train import cache_dir
+    from omnifer.models import read_model_config
+    from omnifer.pools.embed import Embedder
+    from omnifer.train import decoded_images
+    from omnifer.train.images import cache_key
+
+    size = read_model_config(model).input_size
+    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
+                       "images": cache_key(data, size)})
+    path = ws.runs_dir.parent / "cache" / "embeddings" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    with ctx.progress(what, unit="img") as bar:
+        images = decoded_images(data, size, cache_dir(ws), progress=bar)
+    embedder = Embedder(model, device=device, batch_size=64)
+    emb = np.concatenate([embedder(images[i:i + 1024]) for i in range(0, len(images), 1024)]
+                         or [np.zeros((0, embedder.dim), np.float16)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    return emb
 
 
 pass_ctx = click.make_pass_decorator(Context)

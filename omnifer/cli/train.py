@@ -26,19 +26,25 @@ def default_data(ws: Workspace, data: str | None, output: str) -> str:
     return str(run.outputs[output])
 
 
+def data_path(ws: Workspace, ref: str) -> Path:
+    """A data path as given, or the dataset a run (``mine/ID``, ``distill/ID``) wrote."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    run = ws.resolve(ref, "mine")
+    if "dataset" not in run.outputs:
+        raise OmniferError(
+            f"run {run.stage}/{run.run_id} has no dataset output; pass a mine or distill run "
+            "or a data path"
+        )
+    return Path(run.outputs["dataset"])
+
+
 def read_data(ws: Workspace, ref: str, *, on_bad_files: str | None = None, progress=None):
     """A labeled set from a path (any reader, or a saved sample table) or a run with a dataset."""
     from omnifer.data import LabeledSet, read_labeled
 
-    path = Path(ref)
-    if not path.exists():
-        run = ws.resolve(ref, "mine")
-        if "dataset" not in run.outputs:
-            raise OmniferError(
-                f"run {run.stage}/{run.run_id} has no dataset output; pass a mine or distill run "
-                "or a data path"
-            )
-        path = Path(run.outputs["dataset"])
+    path = data_path(ws, ref)
     if path.suffix == ".parquet":
         try:
             return LabeledSet.load(path)
@@ -116,9 +122,9 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
     with ctx.progress("decoding", unit="img") as bar:  # cached for later runs
         decoded_images(labeled, config.input_size, cache_dir(ws), progress=bar)
     for i, ref in enumerate(extra):
-        inputs[f"with_{i}"] = ref
-    run_config = {"train": dataclasses.asdict(config), "data": [str(Path(d).resolve()) if
-                  Path(d).exists() else d for d in (data, *extra)], "teacher": teacher_ref}
+        inputs[f"with_{i}"] = data_path(ws, ref)
+    run_config = {"train": dataclasses.asdict(config), "teacher": teacher_ref,
+                  "data": [str(data_path(ws, d).resolve()) for d in (data, *extra)]}
     with ws.start_run("train", config=run_config, inputs=inputs, seed=config.seed,
                       device=config.device, resume=resume) as run:
         with ctx.progress("train", unit="step") as bar:

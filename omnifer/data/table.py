@@ -247,14 +247,27 @@ class LabeledSet:
             "bad": [dataclasses.asdict(b) for b in self.bad],
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the table to Parquet (atomically), vocabularies in the schema metadata."""
+    def save(self, path: str | os.PathLike, *, extra: pd.DataFrame | None = None) -> Path:
+        """Write the table to Parquet (atomically), vocabularies in the schema metadata.
+
+        ``extra`` columns (one row per sample) are stored after the sample-table ones, e.g. the
+        provenance of mined samples; :meth:`load` ignores them.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from omnifer.artifacts import atomic_path
 
-        table = pa.Table.from_pandas(self.table, preserve_index=False)
+        frame = self.table
+        if extra is not None:
+            clash = sorted(set(extra.columns) & set(frame.columns))
+            if clash or len(extra) != len(frame):
+                raise OmniferError(
+                    f"extra columns must be new names with one row per sample; got {clash or ''} "
+                    f"{len(extra)} rows for {len(frame)} samples"
+                )
+            frame = pd.concat([frame, extra.reset_index(drop=True)], axis=1)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
         meta = dict(table.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(self.metadata()).encode("utf-8")
         table = table.replace_schema_metadata(meta)

@@ -2,7 +2,10 @@
 
 ``MultitaskModel.forward`` returns a dict of tensors by name:
 
-- ``embedding`` [B, D]: L2-normalised backbone features (before dropout);
+- ``embedding`` [B, D]: backbone features (before dropout) standardised with running
+  statistics of the training data (``EmbeddingNorm``), then L2-normalised: centred
+  embeddings spread over the sphere, so cosine thresholds mean the same across models
+  (raw post-ReLU features all lie in one narrow cone, where unrelated faces have cosine 0.9);
 - ``expression`` [B, C]: expression logits;
 - ``va`` [B, 2]: valence/arousal in [-1, 1];
 - ``va_logits`` [B, 2, bins]: per-dimension bin logits (``va_head="bins"`` only);
@@ -202,6 +205,33 @@ def va_quadrant(va: Tensor) -> Tensor:
     return 2 * (va[:, 0] >= 0).long() + (va[:, 1] >= 0).long()
 
 
+class EmbeddingNorm(nn.Module):
+    """Standardises features with a running mean and variance, then L2-normalises them.
+
+    The statistics are updated (without gradient) on every forward in training mode: a
+    cumulative average over the first ``1 / momentum`` batches, an exponential one after.
+    They only shape the embedding; the heads see the raw features.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.training and len(features) > 1:
+            with torch.no_grad():
+                f = features.detach().float()
+                w = max(self.momentum, 1.0 / float(self.batches + 1))
+                self.mean.lerp_(f.mean(0), w)
+                self.var.lerp_(f.var(0, unbiased=False), w)
+                self.batches += 1
+        z = (features.float() - self.mean) * torch.rsqrt(self.var + self.eps)
+        return F.normalize(z, dim=1).to(features.dtype)
+
+
 class MultitaskModel(nn.Module):
     """Backbone + dropout + one linear head per task; see the module docstring for outputs."""
 
@@ -211,6 +241,7 @@ class MultitaskModel(nn.Module):
         self.backbone, self.embedding_dim = build_backbone(
             config.backbone, input_size=config.input_size
         )
+        self.embedding_norm = EmbeddingNorm(self.embedding_dim)
         self.dropout = nn.Dropout(config.dropout)
         dim, tasks = self.embedding_dim, config.tasks
         heads: dict[str, nn.Module] = {}
@@ -234,7 +265,7 @@ class MultitaskModel(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.backbone(x).flatten(1)
-        out = {"embedding": F.normalize(features, dim=1)}
+        out = {"embedding": self.embedding_norm(features)}
         h = self.dropout(features)
         if "expression" in self.heads:
             out["expression"] = self.heads["expression"](h)

@@ -1,8 +1,6 @@
 """Evaluation figures: reliability diagrams and confusion matrices, written as PNG files.
 
-Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas, never through
-``pyplot``: nothing needs a display, no global figure registry is touched and every figure
-is freed when the function returns. Files are written atomically.
+Figures come from ``omnifer.plots`` (Agg canvas, no display needed, atomic writes).
 """
 
 from __future__ import annotations
@@ -13,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from omnifer.artifacts import atomic_path
 from omnifer.errors import OmniferError
 from omnifer.metrics import ece, reliability_bins
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return Path(path)
+from omnifer.plots import figure as _figure
+from omnifer.plots import save_png as _save
 
 
 def _reliability_panel(fig, spec, probs, y, n_bins: int, label: str, color: str) -> None:
