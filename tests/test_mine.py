@@ -219,3 +219,50 @@ def test_cli_mine_refuses_bad_input_without_writing(indexed, tiny_synth, tmp_pat
     code, out, err = run_cli("-w", ws, "mine", "--labeled", empty, "--device", "cpu")
     assert code != 0
     assert sorted((ws / ".omnifer/runs").glob("mine/*")) == before
+
+
+def test_cli_mine_exports_images_of_an_archive_pool(indexed, tiny_synth, tmp_path, run_cli):
+    """A RecordIO pool cannot be opened by path: the mined images are written into the run,
+    byte for byte."""
+    from omnifer.data import LabeledSet
+    from omnifer.pools.recordio import write_recordio
+
+    files = sorted(tiny_synth.pool.rglob("*.jpg"))
+    prefix = tmp_path / "rec" / "train"
+    prefix.parent.mkdir()
+    write_recordio(prefix, [f.read_bytes() for f in files], [0.0] * len(files))
+    ws = indexed
+    r = run_cli.json("-w", ws, "index", prefix.parent, "--workers", "0", "--device", "cpu")
+    m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
+                     "--threshold", "0.2", "--k", "3", "--score", "max", "--device", "cpu")
+    mined = LabeledSet.load(m["dataset"])
+    assert len(mined) > 0
+    originals = {f.read_bytes() for f in files}
+    for image in mined.table["image"]:
+        assert image.startswith(str(ws)) and image.endswith(".jpg")
+        assert open(image, "rb").read() in originals
+
+
+def test_cli_mine_exports_aligned_faces_of_a_detected_pool(indexed, tiny_synth, tmp_path,
+                                                            run_cli):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("retinaface.weights")
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from omnifer.data import LabeledSet
+    from omnifer.faces import align_face
+
+    pool = tmp_path / "photos"
+    pool.mkdir()
+    Image.fromarray(data.astronaut()).save(pool / "astronaut.png")
+    ws = indexed
+    r = run_cli.json("-w", ws, "index", pool, "--detect", "retinaface", "--workers", "0",
+                     "--device", "cpu")
+    m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
+                     "--threshold", "-1", "--k", "3", "--score", "max", "--device", "cpu")
+    mined = pd.read_parquet(m["dataset"])
+    assert len(mined) == 1 and LabeledSet.load(m["dataset"]).table["image"][0].endswith(".png")
+    ids = pd.read_parquet(ws / ".omnifer/runs" / r["run"] / "ids.parquet")
+    expect = align_face(data.astronaut(), np.asarray(ids["landmarks"][0]).reshape(5, 2))
+    assert np.array_equal(np.asarray(Image.open(mined["image"][0])), expect)

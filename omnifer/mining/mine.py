@@ -209,7 +209,10 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     else:
         thresholds = np.full(n_classes, float(config.threshold))
     finite = thresholds[np.isfinite(thresholds)]
-    floor = max(float(finite.min()), 0.0) if len(finite) else 1.0
+    # rows whose best cosine is below the lowest threshold cannot pass (for vote only when that
+    # threshold is >= 0): they are dropped right after the matrix product
+    floor = float(finite.min()) if len(finite) else 1.0
+    floor = floor if floor >= 0 else -1.0
     use_index = index is not None and (config.search == "index" or
                                        (config.search == "auto" and approximate))
     knobs = dict(k=config.k, score=config.score, prototypes=config.prototypes,
