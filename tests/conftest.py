@@ -30,3 +30,19 @@ def run_cli(capsys, monkeypatch):
 
     run.json = lambda *args: json.loads(run("--json", *args)[1])
     return run
+
+
+@pytest.fixture(scope="session")
+def omnifer_steps():
+    """Run ``omnifer`` commands in a workspace, quietly, failing on a non-zero exit."""
+    from omnifer.cli.main import main
+
+    def run(ws, *steps):
+        for args in steps:
+            try:
+                main(["-q", "-w", str(ws), *map(str, args)])
+            except SystemExit as exc:
+                assert exc.code in (0, None), f"omnifer {args} exited with {exc.code}"
+        return ws
+
+    return run

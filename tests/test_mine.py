@@ -153,20 +153,14 @@ def test_bad_input_gives_one_line_errors(data):
 # ---------------------------------------------------------------- the command
 
 @pytest.fixture(scope="module")
-def indexed(tiny_synth, tmp_path_factory):
+def indexed(tiny_synth, tmp_path_factory, omnifer_steps):
     """A workspace with a trained model and an index of the tiny pool."""
     pytest.importorskip("faiss")
-    from omnifer.cli.main import main
-
-    ws = tmp_path_factory.mktemp("mine-ws")
-    for args in (["train", "--data", tiny_synth.labeled_toml, "--backbone", "convnet", "--size",
-                  "32", "--epochs", "2", "--device", "cpu"],
-                 ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"]):
-        try:
-            main(["-q", "-w", str(ws), *map(str, args)])
-        except SystemExit as exc:
-            assert exc.code in (0, None)
-    return ws
+    return omnifer_steps(
+        tmp_path_factory.mktemp("mine-ws"),
+        ["train", "--data", tiny_synth.labeled_toml, "--backbone", "convnet", "--size", "32",
+         "--epochs", "2", "--device", "cpu"],
+        ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"])
 
 
 def test_cli_mine_writes_a_dataset_the_trainer_reads(indexed, tiny_synth, run_cli):
