@@ -29,9 +29,9 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
 
 
 def _register() -> None:
-    from omnifer.cli import data, evaluate, index, mine, status, synth, train
+    from omnifer.cli import data, distill, evaluate, index, mine, status, synth, train
 
-    for module in (status, synth, data, train, evaluate, index, mine):
+    for module in (status, synth, data, train, evaluate, index, mine, distill):
         cli.add_command(module.command)
 
 

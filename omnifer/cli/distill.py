@@ -1,0 +1,248 @@
+"""``omnifer distill --images-per-class 10``: compress a mined set into a few synthetic images per
+class; ``omnifer distill evaluate RUN``: train fresh networks on them against coreset baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from omnifer.cli.common import Context, embed_images, pass_ctx
+from omnifer.cli.train import cache_dir, data_path, default_data, read_data
+from omnifer.errors import OmniferError
+
+
+@click.group("distill", invoke_without_command=True)
+@click.option("--images-per-class", "ipc", type=int, default=10, show_default=True)
+@click.option("--from", "source_ref", default=None, metavar="RUN_OR_PATH",
+              help="Data to distil [default: the latest mine run's dataset].")
+@click.option("--with-labeled", is_flag=True, help="Add the labeled set to the source.")
+@click.option("--labeled", default=None, help="Labeled data for --with-labeled [default: the "
+              "latest synth run's labeled.toml].")
+@click.option("--method", default="dm", show_default=True,
+              help="dm (distribution matching), gm (gradient matching) or tm (trajectories).")
+@click.option("--size", type=int, default=32, show_default=True, help="Image side in pixels.")
+@click.option("--iterations", type=int, default=None,
+              help="Image updates [dm 1000, gm 200, tm 500].")
+@click.option("--lr-images", type=float, default=None, help="Learning rate of the pixels.")
+@click.option("--soft-labels", is_flag=True, help="Learn soft labels too (gm, tm).")
+@click.option("--width", type=int, default=None,
+              help="Channels of the ConvNets that distil and evaluate [128 on GPU, 32 on CPU].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume/--fresh", default=True, show_default=True,
+              help="Continue an unfinished run with the same options from its last checkpoint.")
+@click.pass_context
+def command(click_ctx: click.Context, **options: Any) -> None:
+    """Distil the mined set into --images-per-class synthetic images per class."""
+    if click_ctx.invoked_subcommand is None:
+        _distill(click_ctx.find_object(Context), **options)
+
+
+def _source(ctx: Context, ws: Any, source_ref: str | None, with_labeled: bool,
+            labeled: str | None) -> tuple[Any, str]:
+    """The expression-labeled rows to distil, and the reference they came from."""
+    from omnifer.data import combine
+
+    if source_ref is None:
+        source_ref = str(ws.resolve(None, "mine", hint="mine the pool first: omnifer mine "
+                                    "--threshold 0.9 (or pass --from DATA)").outputs["dataset"])
+    with ctx.progress("reading data", unit="img") as bar:
+        data = read_data(ws, source_ref, progress=bar)
+        if with_labeled:
+            data = combine([data, read_data(ws, default_data(ws, labeled, "labeled"),
+                                            progress=bar)])
+    has = data.masks()["expression"]
+    if not has.any():
+        raise OmniferError(f"{source_ref} has no expression labels to distil; pass a mined or "
+                           "labeled set with --from")
+    return data.subset(has), str(data_path(ws, source_ref))
+
+
+def as_arrays(ws: Any, data: Any, size: int, progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 [N, 3, size, size] in [0, 1] and expression labels int64 [N]."""
+    from omnifer.train import decoded_images
+
+    images = decoded_images(data, size, cache_dir(ws), progress=progress)
+    x = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    return x, data.table["expression"].to_numpy(np.int64)
+
+
+def _distill(ctx: Context, *, ipc: int, source_ref: str | None, with_labeled: bool,
+             labeled: str | None, method: str, size: int, iterations: int | None,
+             lr_images: float | None, soft_labels: bool, width: int | None, seed: int,
+             device: str, resume: bool) -> None:
+    from omnifer.distill import distill, train_experts
+    from omnifer.distill.methods import get_method
+    from omnifer.models import resolve_device
+
+    get_method(method)  # an unknown method fails before anything is read
+    if ipc < 1:
+        raise OmniferError(f"--images-per-class is {ipc}; use at least 1")
+    ws = ctx.workspace
+    data, ref = _source(ctx, ws, source_ref, with_labeled, labeled)
+    classes = data.expressions
+    counts = np.bincount(data.table["expression"].to_numpy(np.int64), minlength=len(classes))
+    present = np.flatnonzero(counts)  # a class the source lacks is left out, not invented
+    if len(present) < len(classes):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s has no image of %s; distilling the other classes (add --with-labeled to cover "
+            "them)", ref, ", ".join(classes[c] for c in np.flatnonzero(counts == 0)))
+    c = int(present[counts[present].argmin()])
+    if ipc > counts[c]:
+        raise OmniferError(
+            f"--images-per-class {ipc} is more than class {classes[c]!r} has ({counts[c]} "
+            f"images in {ref}); use at most {counts[c]} or add data (--with-labeled)"
+        )
+    if width is None:
+        width = 128 if resolve_device(device).type == "cuda" else 32
+    config = {"method": method, "images_per_class": ipc, "size": size, "iterations": iterations,
+              "width": width,
+              "lr_images": lr_images, "soft_labels": soft_labels, "seed": seed,
+              "source": ref, "with_labeled": with_labeled,
+              "labeled": default_data(ws, labeled, "labeled") if with_labeled else None}
+    with ws.start_run("distill", config=config, inputs={"source": ref}, seed=seed,
+                      device=device, resume=resume) as run:
+        with ctx.progress("decoding", unit="img") as bar:
+            x, y = as_arrays(ws, data, size, bar)
+        y = np.searchsorted(present, y)  # classes of the source, renumbered
+        experts = None
+        if method == "tm":
+            with ctx.progress("expert trajectories", unit="expert") as bar:
+                experts = train_experts(x, y, n_classes=len(present), seed=seed, width=width,
+                                        cache_dir=ws.runs_dir.parent / "cache" / "experts",
+                                        device=device, progress=lambda d, t, *_: bar(d, t))
+        with ctx.progress(f"distilling ({method})", unit="it") as bar:
+            result = distill(x, y, n_classes=len(present), method=method, images_per_class=ipc,
+                             iterations=iterations, lr_images=lr_images, soft_labels=soft_labels,
+                             width=width, seed=seed, device=device, checkpoint=run.path / "checkpoint.pt",
+                             experts=experts, progress=lambda d, t, info: bar(d, t))
+        dataset, grid = write_distilled(result, run.path, classes=classes, present=present,
+                                        aus=data.aus)
+        run.complete(outputs={"dataset": str(dataset), "grid": str(grid)},
+                     counts={"source": len(data), "distilled": len(result.labels)},
+                     distill_seconds=result.seconds)
+        run.update(method=method, iterations=result.iterations, final_loss=result.history[-1],
+                   width=width, normalisation={"mean": result.mean, "std": result.std})
+    ctx.emit({"run": f"distill/{run.run_id}", "dataset": str(dataset), "grid": str(grid),
+              "method": method, "iterations": result.iterations, "seconds": result.seconds},
+             "\n".join([
+                 f"distill/{run.run_id}: {len(result.labels)} synthetic images ({ipc} per class, "
+                 f"{size} px) from {len(data)} images by {method}, {result.iterations} "
+                 f"iterations in {result.seconds:.0f}s",
+                 f"  wrote {dataset} and {grid}",
+                 f"next: omnifer distill evaluate distill/{run.run_id} --baselines, or omnifer "
+                 f"train --student --with distill/{run.run_id}"]))
+
+
+def write_distilled(result: Any, out: Path, *, classes: Any, present: np.ndarray,
+                    aus: Any) -> tuple[Path, Path]:
+    """PNG per image, a sample table (soft labels as ``soft_<class>`` columns) and a grid;
+    ``result`` labels index ``present`` (the classes distilled) of ``classes``."""
+    import pandas as pd
+    from PIL import Image
+
+    from omnifer.artifacts import atomic_path, content_id
+    from omnifer.data import LabeledSet
+    from omnifer.data.table import make_table
+    from omnifer.plots import figure, save_png
+
+    pixels = np.clip(np.rint(result.images.transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
+    labels = present[result.labels]
+    paths, ids = [], []
+    for k, (img, c) in enumerate(zip(pixels, labels)):
+        path = out / "images" / classes[c] / f"{k:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
+        paths.append(str(path))
+        ids.append(content_id(path.read_bytes()))
+    n = len(paths)
+    nan = np.full(n, np.nan, np.float32)
+    table = make_table(sample_id=ids, image=paths, source="distilled",
+                       expression=labels, valence=nan, arousal=nan,
+                       au={a: nan for a in aus}, weight=1.0)
+    extra = None
+    if result.soft_labels is not None:
+        soft = np.zeros((n, len(classes)), np.float32)
+        soft[:, present] = result.soft_labels
+        extra = pd.DataFrame({f"soft_{c}": soft[:, i] for i, c in enumerate(classes)})
+    dataset = LabeledSet(table=table, expressions=tuple(classes), aus=tuple(aus),
+                         sources=("distilled",)).save(out / "distilled.parquet", extra=extra)
+    ipc = n // len(present)
+    fig = figure(1.0 * ipc + 1.2, 1.0 * len(present))
+    for k, img in enumerate(pixels):
+        ax = fig.add_subplot(len(present), ipc, k + 1)
+        ax.imshow(img)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k % ipc == 0:
+            ax.set_ylabel(classes[labels[k]], fontsize=8)
+    fig.suptitle(f"{result.method}: {ipc} images per class", fontsize=10)
+    return dataset, save_png(fig, out / "grid.png")
+
+
+@command.command("evaluate")
+@click.argument("run_ref", required=False, metavar="[RUN]")
+@click.option("--baselines", is_flag=True,
+              help="Also random, herding and k-center subsets of the same size, and full data.")
+@click.option("--test", "test_ref", default=None,
+              help="Labeled test data [default: the latest synth run's test.toml].")
+@click.option("--seeds", type=int, default=5, show_default=True)
+@click.option("--epochs", type=int, default=300, show_default=True,
+              help="Training epochs of every arm (the same recipe for all).")
+@click.option("--device", default="auto", show_default=True)
+@pass_ctx
+def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str | None,
+             seeds: int, epochs: int, device: str) -> None:
+    """Train fresh networks only on a distilled set (and baselines); test them."""
+    from omnifer.artifacts import atomic_write_json
+    from omnifer.data import LabeledSet
+    from omnifer.distill import evaluate_sets, select_coreset
+
+    ws = ctx.workspace
+    run = ws.resolve(run_ref, "distill", hint="distil first: omnifer distill --images-per-class 10")
+    cfg = run.config
+    size, ipc = cfg["size"], cfg["images_per_class"]
+    distilled = LabeledSet.load(run.outputs["dataset"])
+    with ctx.progress("reading test data", unit="img") as bar:
+        test = read_data(ws, default_data(ws, test_ref, "test"), progress=bar)
+    test = test.subset(test.masks()["expression"])
+    classes = distilled.expressions
+    with ctx.progress("decoding", unit="img") as bar:
+        sets: dict[str, Any] = {f"distilled ({cfg['method']})": as_arrays(ws, distilled, size, bar)}
+        test_xy = as_arrays(ws, test, size, bar)
+        if baselines:
+            source, _ = _source(ctx, ws, cfg["source"], cfg["with_labeled"], cfg.get("labeled"))
+            x, y = as_arrays(ws, source, size, bar)
+    if baselines:
+        model = Path(ws.resolve(None, "train").outputs["model"])
+        emb = embed_images(ctx, ws, source, model, device, "embedding source images")
+        for name in ("random", "herding", "k-center"):
+            idx = select_coreset(name, emb.astype(np.float32), y, ipc, seed=0)
+            sets[name] = (x[idx], y[idx])
+        sets["full data"] = (x, y)
+    with ctx.progress("training", unit="net") as bar:
+        norm = run.manifest["normalisation"]  # the real data's, for every arm
+        results = evaluate_sets(sets, test_xy, n_classes=len(classes), seeds=seeds,
+                                epochs=epochs, device=device, width=run.manifest["width"],
+                                mean_std=(norm["mean"], norm["std"]),
+                                progress=lambda d, t, info: bar(d, t))
+    full = results.get("full data", {}).get("mean")
+    atomic_write_json(run.path / "evaluation.json", {"seeds": seeds, "epochs": epochs,
+                                                     "results": results})
+    lines = [f"distill/{run.run_id}: {seeds} fresh networks per set, {epochs} epochs, tested on "
+             f"{len(test)} faces",
+             "  set                   images  accuracy          macro-F1          of full  seconds"]
+    for name, r in results.items():
+        n = len(sets[name][1])
+        share = f"{r['mean'] / full:7.1%}" if full else "      -"
+        lines.append(f"  {name:<21} {n:>6}  {r['mean']:.4f} +- {r['std']:.4f}  "
+                     f"{np.mean(r['macro_f1']):.4f} +- {np.std(r['macro_f1']):.4f}  {share}  "
+                     f"{r['seconds']:7.1f}")
+    run.update(evaluation={k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
+    ctx.emit({"run": f"distill/{run.run_id}", "results": results}, "\n".join(lines))

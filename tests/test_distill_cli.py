@@ -1,0 +1,76 @@
+"""``omnifer distill`` and ``omnifer distill evaluate`` on the tiny synthetic benchmark."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def mined_ws(tiny_synth, tmp_path_factory, omnifer_steps):
+    """A workspace with a model, an index of the tiny pool and a mine run over it."""
+    pytest.importorskip("faiss")
+    return omnifer_steps(
+        tmp_path_factory.mktemp("distill-ws"),
+        ["train", "--data", tiny_synth.labeled_toml, "--backbone", "convnet", "--size", "32",
+         "--epochs", "1", "--device", "cpu"],
+        ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"],
+        ["mine", "--labeled", tiny_synth.labeled_toml, "--threshold", "-1", "--k", "3",
+         "--score", "max", "--device", "cpu"])
+
+
+def test_distill_defaults_to_the_latest_mine_run(mined_ws, tiny_synth, run_cli):
+    from omnifer.data import LabeledSet
+
+    ws = mined_ws
+    mined = LabeledSet.load(json.loads((next((ws / ".omnifer/runs/mine").glob("*/manifest.json"))
+                                         ).read_text())["outputs"]["dataset"])
+    present = sorted(set(mined.table["expression"].dropna().astype(int)))
+    r = run_cli.json("-w", ws, "distill", "--images-per-class", "1", "--iterations", "3",
+                     "--size", "16", "--device", "cpu")
+    out = LabeledSet.load(r["dataset"])
+    assert sorted(out.table["expression"].astype(int)) == present  # one per mined class
+    assert set(out.sources) == {"distilled"} and all(map(os.path.isfile, out.table["image"]))
+    assert os.path.getsize(r["grid"]) > 0 and r["iterations"] == 3
+    manifest = json.loads((ws / ".omnifer/runs" / r["run"] / "manifest.json").read_text())
+    assert manifest["method"] == "dm" and manifest["status"] == "complete"
+    # the trainer takes it as a source
+    code, _, err = run_cli("-q", "-w", ws, "train", "--data", tiny_synth.labeled_toml, "--with",
+                           r["run"], "--backbone", "convnet", "--size", "32", "--epochs", "1",
+                           "--device", "cpu", "--fresh")
+    assert code == 0, err
+    # evaluation: every arm, per-seed numbers, the share of full data
+    e = run_cli.json("-w", ws, "distill", "evaluate", r["run"], "--baselines", "--seeds", "2",
+                     "--epochs", "2", "--test", tiny_synth.test_toml, "--device", "cpu")
+    assert set(e["results"]) == {"distilled (dm)", "random", "herding", "k-center", "full data"}
+    assert all(len(v["accuracy"]) == 2 for v in e["results"].values())
+    assert (ws / ".omnifer/runs" / r["run"] / "evaluation.json").is_file()
+
+
+def test_distill_soft_labels_from_labeled_data(mined_ws, tiny_synth, run_cli):
+    r = run_cli.json("-w", mined_ws, "distill", "--from", tiny_synth.labeled_toml, "--method",
+                     "gm", "--soft-labels", "--images-per-class", "1", "--iterations", "2",
+                     "--size", "16", "--device", "cpu")
+    table = pd.read_parquet(r["dataset"])
+    soft = table[[c for c in table.columns if c.startswith("soft_")]].to_numpy()
+    assert soft.shape[1] == 7 and np.allclose(soft.sum(1), 1, atol=1e-4)
+
+
+def test_distill_bad_input_is_one_line(mined_ws, tiny_synth, tmp_path, run_cli):
+    ws = mined_ws
+    before = sorted((ws / ".omnifer/runs").glob("distill/*"))
+    for args, words in ((["--images-per-class", "0"], "at least 1"),
+                        (["--images-per-class", "100000"], "is more than class"),
+                        (["--method", "magic"], "magic")):
+        code, _, err = run_cli("-w", ws, "distill", *args, "--device", "cpu")
+        assert code != 0 and words in err and len(err.strip().splitlines()) == 1, err
+    unlabeled = tmp_path / "unlabeled.csv"
+    img = next(tiny_synth.pool.rglob("*.jpg"))
+    unlabeled.write_text(f"image\n{img}\n")
+    code, _, err = run_cli("-w", ws, "distill", "--from", unlabeled, "--device", "cpu")
+    assert code != 0 and "no expression labels" in err, err
+    assert sorted((ws / ".omnifer/runs").glob("distill/*")) == before
