@@ -30,6 +30,8 @@ from omnifer.errors import OmniferError
 @click.option("--soft-labels", is_flag=True, help="Learn soft labels too (gm, tm).")
 @click.option("--width", type=int, default=None,
               help="Channels of the ConvNets that distil and evaluate [128 on GPU, 32 on CPU].")
+@click.option("--batch-real", type=int, default=None,
+              help="dm, gm: real images per class per step [128 on GPU, 64 on CPU].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume/--fresh", default=True, show_default=True,
@@ -72,8 +74,8 @@ def as_arrays(ws: Any, data: Any, size: int, progress: Any = None) -> tuple[np.n
 
 def _distill(ctx: Context, *, ipc: int, source_ref: str | None, with_labeled: bool,
              labeled: str | None, method: str, size: int, iterations: int | None,
-             lr_images: float | None, soft_labels: bool, width: int | None, seed: int,
-             device: str, resume: bool) -> None:
+             lr_images: float | None, soft_labels: bool, width: int | None,
+             batch_real: int | None, seed: int, device: str, resume: bool) -> None:
     from omnifer.distill import distill, train_experts
     from omnifer.distill.methods import get_method
     from omnifer.models import resolve_device
@@ -98,10 +100,14 @@ def _distill(ctx: Context, *, ipc: int, source_ref: str | None, with_labeled: bo
             f"--images-per-class {ipc} is more than class {classes[c]!r} has ({counts[c]} "
             f"images in {ref}); use at most {counts[c]} or add data (--with-labeled)"
         )
-    if width is None:
-        width = 128 if resolve_device(device).type == "cuda" else 32
+    gpu = resolve_device(device).type == "cuda"  # CPU defaults keep a run to minutes
+    width = width or (128 if gpu else 32)
+    batch_real = batch_real or (128 if gpu else 64)
+    if iterations is None and method == "dm" and not gpu:
+        iterations = 500
+    options = {"batch_real": batch_real} if method in ("dm", "gm") else None
     config = {"method": method, "images_per_class": ipc, "size": size, "iterations": iterations,
-              "width": width,
+              "width": width, "options": options,
               "lr_images": lr_images, "soft_labels": soft_labels, "seed": seed,
               "source": ref, "with_labeled": with_labeled,
               "labeled": default_data(ws, labeled, "labeled") if with_labeled else None}
@@ -119,7 +125,7 @@ def _distill(ctx: Context, *, ipc: int, source_ref: str | None, with_labeled: bo
         with ctx.progress(f"distilling ({method})", unit="it") as bar:
             result = distill(x, y, n_classes=len(present), method=method, images_per_class=ipc,
                              iterations=iterations, lr_images=lr_images, soft_labels=soft_labels,
-                             width=width, seed=seed, device=device, checkpoint=run.path / "checkpoint.pt",
+                             width=width, options=options, seed=seed, device=device, checkpoint=run.path / "checkpoint.pt",
                              experts=experts, progress=lambda d, t, info: bar(d, t))
         dataset, grid = write_distilled(result, run.path, classes=classes, present=present,
                                         aus=data.aus)
