@@ -91,7 +91,7 @@ def main() -> None:
 
     print(f"\n{len(args.seeds)} seeds, {args.backbone} @ {args.size}px, {args.epochs} epochs; "
           "test set, mean +- std")
-    print(f"| metric | {' | '.join(roles)} | student higher | student+with higher |")
+    print(f"| metric | {' | '.join(roles)} | student above teacher | student+with above teacher |")
     print("|---" * (len(roles) + 3) + "|")
     for name in [*METRICS, "train_seconds", "train_samples"]:
         cols, per_seed = [], []
