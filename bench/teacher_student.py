@@ -55,12 +55,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--with", dest="extra", action="append", default=[],
                     help="a saved sample table (e.g. mined.parquet) for the student+with arm")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="draw each --with sample this many times per epoch (oversampling)")
+    ap.add_argument("--source-share", default=None,
+                    help="student+with: share of draws per source, e.g. distilled=0.3")
     args = ap.parse_args()
 
     labeled, test = read_labeled(args.data), read_labeled(args.test)
     roles = ["teacher", "student"] + (["student+with"] if args.extra else [])
     data = {"teacher": labeled, "student": labeled, "student+with":
-            combine([labeled, *map(LabeledSet.load, args.extra)]) if args.extra else None}
+            combine([labeled, *[LabeledSet.load(p) for p in args.extra] * args.repeat])
+            if args.extra else None}
     work, out = Path(args.work), Path(args.out)
     cache = work / "cache"
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -77,7 +82,9 @@ def main() -> None:
             teachers = load_models(work / f"teacher-{seed}") if role != "teacher" else ()
             t0 = time.perf_counter()
             if fresh:
-                train(data[role], run, config=config, cache_dir=cache, teachers=teachers)
+                share = args.source_share if role == "student+with" else None
+                train(data[role], run, config=config.replace(source_share=share),
+                      cache_dir=cache, teachers=teachers)
             seconds = time.perf_counter() - t0 if fresh else None
             models = load_models(run)
             r = evaluate_models(models, test, test_images, run / "test",

@@ -39,16 +39,38 @@ def test_distill_defaults_to_the_latest_mine_run(mined_ws, tiny_synth, run_cli):
     manifest = json.loads((ws / ".omnifer/runs" / r["run"] / "manifest.json").read_text())
     assert manifest["method"] == "dm" and manifest["status"] == "complete"
     # the trainer takes it as a source
-    code, _, err = run_cli("-q", "-w", ws, "train", "--data", tiny_synth.labeled_toml, "--with",
-                           r["run"], "--backbone", "convnet", "--size", "32", "--epochs", "1",
-                           "--device", "cpu", "--fresh")
-    assert code == 0, err
+    t = run_cli.json("-w", ws, "train", "--data", tiny_synth.labeled_toml, "--with", r["run"],
+                     "--source-share", "distilled=0.5", "--backbone", "convnet", "--size", "32",
+                     "--epochs", "1", "--device", "cpu", "--fresh")
+    manifest = json.loads((ws / ".omnifer/runs" / t["run"] / "manifest.json").read_text())
+    assert manifest["config"]["train"]["source_share"] == [["distilled", 0.5]]
     # evaluation: every arm, per-seed numbers, the share of full data
     e = run_cli.json("-w", ws, "distill", "evaluate", r["run"], "--baselines", "--seeds", "2",
-                     "--epochs", "2", "--test", tiny_synth.test_toml, "--device", "cpu")
+                     "--epochs", "2", "--full-epochs", "1", "--test", tiny_synth.test_toml,
+                     "--device", "cpu")
     assert set(e["results"]) == {"distilled (dm)", "random", "herding", "k-center", "full data"}
-    assert all(len(v["accuracy"]) == 2 for v in e["results"].values())
-    assert (ws / ".omnifer/runs" / r["run"] / "evaluation.json").is_file()
+    assert all(len(v["accuracy"]) == 2 and 0 <= v["model_agreement"] <= 1
+               for v in e["results"].values())
+    saved = json.loads((ws / ".omnifer/runs" / r["run"] / "evaluation.json").read_text())
+    assert (saved["epochs"], saved["full_epochs"]) == (2, 1)
+
+
+def test_distill_evaluate_tests_only_the_distilled_classes(mined_ws, tiny_synth, tmp_path,
+                                                           run_cli):
+    from omnifer.data import LabeledSet, read_labeled
+
+    mined = LabeledSet.load(json.loads((next((mined_ws / ".omnifer/runs/mine").glob(
+        "*/manifest.json"))).read_text())["outputs"]["dataset"])
+    y = mined.table["expression"].to_numpy(np.int64, na_value=-1)
+    gone = int(np.bincount(y[y >= 0]).argmax())  # drop the largest class from the source
+    mined.subset((y >= 0) & (y != gone)).save(tmp_path / "fewer.parquet")
+    r = run_cli.json("-w", mined_ws, "distill", "--from", tmp_path / "fewer.parquet",
+                     "--images-per-class", "1", "--iterations", "1", "--size", "16",
+                     "--device", "cpu")
+    e = run_cli.json("-w", mined_ws, "distill", "evaluate", r["run"], "--seeds", "1",
+                     "--epochs", "1", "--test", tiny_synth.test_toml, "--device", "cpu")
+    test = read_labeled(tiny_synth.test_toml).table["expression"].to_numpy(np.int64, na_value=-1)
+    assert e["test_faces"] == int(((test >= 0) & (test != gone)).sum()) < int((test >= 0).sum())
 
 
 def test_distill_soft_labels_from_labeled_data(mined_ws, tiny_synth, run_cli):
@@ -74,3 +96,16 @@ def test_distill_bad_input_is_one_line(mined_ws, tiny_synth, tmp_path, run_cli):
     code, _, err = run_cli("-w", ws, "distill", "--from", unlabeled, "--device", "cpu")
     assert code != 0 and "no expression labels" in err, err
     assert sorted((ws / ".omnifer/runs").glob("distill/*")) == before
+
+
+def test_model_agreement_is_the_models_accuracy(mined_ws, tiny_synth, run_cli):
+    from omnifer.cli.distill import agreement
+    from omnifer.data import read_labeled
+    from omnifer.workspace import Workspace
+
+    test = read_labeled(tiny_synth.test_toml)
+    test = test.subset(test.masks()["expression"])
+    ws = Workspace(mined_ws)
+    share = agreement(ws, ws.latest("train").path, test, "cpu")
+    r = run_cli.json("-w", mined_ws, "evaluate", "--data", tiny_synth.test_toml, "--device", "cpu")
+    assert share == pytest.approx(r["expression"]["accuracy"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omnifer.data import make_table
-from omnifer.data.samplers import balance_report, balance_weights, va_cells
+from omnifer.data.samplers import balance_report, balance_weights, source_shares, va_cells
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
 from omnifer.labels import EXPRESSIONS
@@ -176,3 +176,32 @@ def test_samplers_do_not_import_torch():
     code = "import sys, omnifer.data.samplers; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_source_shares_give_each_named_source_its_share():
+    sources = np.array(["labeled"] * 900 + ["distilled"] * 20 + ["mined"] * 80, dtype=object)
+    balance = np.linspace(1, 3, len(sources))
+    w = source_shares(balance, sources, {"distilled": 0.3, "mined": 0.2})
+    assert w.sum() == pytest.approx(len(w))
+    for name, share in (("distilled", 0.3), ("mined", 0.2), ("labeled", 0.5)):
+        rows = sources == name
+        assert w[rows].sum() / w.sum() == pytest.approx(share)
+        assert np.allclose(w[rows] / balance[rows], (w[rows] / balance[rows])[0])  # kept within
+    draws = np.random.default_rng(0).choice(len(w), 200_000, p=w / w.sum())
+    assert np.mean(sources[draws] == "distilled") == pytest.approx(0.3, abs=0.005)
+    assert np.allclose(source_shares(None, sources, {"distilled": 0.3})[sources == "distilled"],
+                       0.3 * len(w) / 20)
+
+
+def test_source_share_errors_are_one_line():
+    from omnifer.train import TrainConfig
+
+    with pytest.raises(OmniferError, match="no training sample comes from it; sources: labeled"):
+        source_shares(None, np.array(["labeled"] * 3, dtype=object), {"distilled": 0.5})
+    assert TrainConfig(source_share="distilled=0.3, mined=0.2").source_share == (
+        ("distilled", 0.3), ("mined", 0.2))
+    assert TrainConfig(source_share={"distilled": 0.25}).source_share == (("distilled", 0.25),)
+    for bad in ("distilled", "distilled=x", "distilled=1.5", "a=0.6,b=0.5"):
+        with pytest.raises(OmniferError, match="source_share") as e:
+            TrainConfig(source_share=bad)
+        assert "\n" not in str(e.value)

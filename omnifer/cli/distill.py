@@ -25,7 +25,7 @@ from omnifer.errors import OmniferError
               help="dm (distribution matching), gm (gradient matching) or tm (trajectories).")
 @click.option("--size", type=int, default=32, show_default=True, help="Image side in pixels.")
 @click.option("--iterations", type=int, default=None,
-              help="Image updates [dm 1000, gm 200, tm 500].")
+              help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500].")
 @click.option("--lr-images", type=float, default=None, help="Learning rate of the pixels.")
 @click.option("--soft-labels", is_flag=True, help="Learn soft labels too (gm, tm).")
 @click.option("--width", type=int, default=None,
@@ -98,7 +98,8 @@ def _distill(ctx: Context, *, ipc: int, source_ref: str | None, with_labeled: bo
     if ipc > counts[c]:
         raise OmniferError(
             f"--images-per-class {ipc} is more than class {classes[c]!r} has ({counts[c]} "
-            f"images in {ref}); use at most {counts[c]} or add data (--with-labeled)"
+            f"images in {ref}); use at most {counts[c]}, add the labeled set (--with-labeled) or "
+            "mine more faces (omnifer mine with a lower --threshold)"
         )
     gpu = resolve_device(device).type == "cuda"  # CPU defaults keep a run to minutes
     width = width or (128 if gpu else 32)
@@ -201,10 +202,12 @@ def write_distilled(result: Any, out: Path, *, classes: Any, present: np.ndarray
 @click.option("--seeds", type=int, default=5, show_default=True)
 @click.option("--epochs", type=int, default=300, show_default=True,
               help="Training epochs of every arm (the same recipe for all).")
+@click.option("--full-epochs", type=int, default=None,
+              help="Epochs of the full-data arm [--epochs]; fewer keeps a CPU run short.")
 @click.option("--device", default="auto", show_default=True)
 @pass_ctx
 def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str | None,
-             seeds: int, epochs: int, device: str) -> None:
+             seeds: int, epochs: int, full_epochs: int | None, device: str) -> None:
     """Train fresh networks only on a distilled set (and baselines); test them."""
     from omnifer.artifacts import atomic_write_json
     from omnifer.data import LabeledSet
@@ -217,38 +220,80 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
     distilled = LabeledSet.load(run.outputs["dataset"])
     with ctx.progress("reading test data", unit="img") as bar:
         test = read_data(ws, default_data(ws, test_ref, "test"), progress=bar)
-    test = test.subset(test.masks()["expression"])
     classes = distilled.expressions
+    learned = np.unique(distilled.table["expression"].to_numpy(np.int64))
+    has = test.masks()["expression"]  # the classes the distilled set has, not the others
+    test = test.subset(has & np.isin(test.table["expression"].to_numpy(np.int64, na_value=-1),
+                                     learned))
     with ctx.progress("decoding", unit="img") as bar:
         sets: dict[str, Any] = {f"distilled ({cfg['method']})": as_arrays(ws, distilled, size, bar)}
         test_xy = as_arrays(ws, test, size, bar)
         if baselines:
             source, _ = _source(ctx, ws, cfg["source"], cfg["with_labeled"], cfg.get("labeled"))
             x, y = as_arrays(ws, source, size, bar)
+    train_run = ws.latest("train")
+    agree = {}  # the share of each set's images the primitive model gives their label
+    if train_run is not None:
+        agree[next(iter(sets))] = agreement(ws, train_run.path, distilled, device)
     if baselines:
         model = Path(ws.resolve(None, "train").outputs["model"])
         emb = embed_images(ctx, ws, source, model, device, "embedding source images")
+        agrees = agreement(ws, train_run.path, source, device, mean=False)
         for name in ("random", "herding", "k-center"):
             idx = select_coreset(name, emb.astype(np.float32), y, ipc, seed=0)
             sets[name] = (x[idx], y[idx])
+            agree[name] = float(agrees[idx].mean())
         sets["full data"] = (x, y)
-    with ctx.progress("training", unit="net") as bar:
-        norm = run.manifest["normalisation"]  # the real data's, for every arm
-        results = evaluate_sets(sets, test_xy, n_classes=len(classes), seeds=seeds,
-                                epochs=epochs, device=device, width=run.manifest["width"],
-                                mean_std=(norm["mean"], norm["std"]),
-                                progress=lambda d, t, info: bar(d, t))
+        agree["full data"] = float(agrees.mean())
+    norm = run.manifest["normalisation"]  # the real data's, for every arm
+    full_epochs = full_epochs or epochs
+    results: dict[str, Any] = {}
+    for names, n_epochs in (([k for k in sets if k != "full data"], epochs),
+                            ([k for k in sets if k == "full data"], full_epochs)):
+        if names:
+            with ctx.progress(f"training ({n_epochs} epochs)", unit="net") as bar:
+                results.update(evaluate_sets(
+                    {k: v for k, v in sets.items() if k in names}, test_xy,
+                    n_classes=len(classes), seeds=seeds, epochs=n_epochs, device=device,
+                    width=run.manifest["width"], mean_std=(norm["mean"], norm["std"]),
+                    progress=lambda d, t, info: bar(d, t)))
+    for name, share in agree.items():
+        results[name]["model_agreement"] = share
     full = results.get("full data", {}).get("mean")
     atomic_write_json(run.path / "evaluation.json", {"seeds": seeds, "epochs": epochs,
+                                                     "full_epochs": full_epochs,
                                                      "results": results})
-    lines = [f"distill/{run.run_id}: {seeds} fresh networks per set, {epochs} epochs, tested on "
-             f"{len(test)} faces",
-             "  set                   images  accuracy          macro-F1          of full  seconds"]
+    lines = [f"distill/{run.run_id}: {seeds} fresh networks per set, {epochs} epochs"
+             + (f" ({full_epochs} for full data)" if baselines and full_epochs != epochs else "")
+             + f", tested on {len(test)} faces of its {len(learned)} classes",
+             "  set                   images  accuracy          macro-F1          of full  seconds"
+             "  model agrees"]
     for name, r in results.items():
         n = len(sets[name][1])
         share = f"{r['mean'] / full:7.1%}" if full else "      -"
+        model = f"{r['model_agreement']:12.1%}" if "model_agreement" in r else "           -"
         lines.append(f"  {name:<21} {n:>6}  {r['mean']:.4f} +- {r['std']:.4f}  "
                      f"{np.mean(r['macro_f1']):.4f} +- {np.std(r['macro_f1']):.4f}  {share}  "
-                     f"{r['seconds']:7.1f}")
+                     f"{r['seconds']:7.1f}  {model}")
     run.update(evaluation={k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
-    ctx.emit({"run": f"distill/{run.run_id}", "results": results}, "\n".join(lines))
+    ctx.emit({"run": f"distill/{run.run_id}", "results": results, "test_faces": len(test),
+              "epochs": epochs, "full_epochs": full_epochs}, "\n".join(lines))
+
+
+def agreement(ws: Any, model_run: Path, data: Any, device: str, mean: bool = True) -> Any:
+    """Whether the primitive model classifies each image of ``data`` as its label (the share
+    when ``mean``): synthetic images it does not recognise teach a FER network little."""
+    from omnifer.train import decoded_images, load_models, resolve_device
+    from omnifer.train.evaluate import ensemble, predict
+    from omnifer.train.images import BatchMaker
+
+    dev = resolve_device(device)
+    models = load_models(model_run, device=dev)
+    cfg = models[0].config
+    maker = BatchMaker(decoded_images(data, cfg.input_size, cache_dir(ws)), mean=cfg.mean,
+                       std=cfg.std, device=dev)
+    rows = np.arange(len(data))
+    probs = ensemble(models, [predict(m, maker, rows) for m in models])["expression_probs"]
+    predicted = np.asarray(cfg.expressions)[probs.argmax(1)]
+    same = predicted == np.asarray(data.expressions)[data.table["expression"].to_numpy(np.int64)]
+    return float(same.mean()) if mean else same

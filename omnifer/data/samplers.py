@@ -191,4 +191,29 @@ def balance_report(
     }
 
 
-__all__ = ["STRATEGIES", "balance_report", "balance_weights", "va_cells"]
+def source_shares(weights: np.ndarray | None, sources: np.ndarray,
+                  shares: Mapping[str, float]) -> np.ndarray:
+    """Sampling weights rescaled so that each source of ``shares`` gets that share of the draws.
+
+    Within a source the relative weights (e.g. class balance) are kept; the sources not named
+    share what is left. ``sources`` is the source name of each sample.
+    """
+    w = np.ones(len(sources)) if weights is None else np.asarray(weights, np.float64).copy()
+    sources = np.asarray(sources, dtype=object)
+    named = np.zeros(len(w), bool)
+    for name, share in shares.items():
+        rows = sources == name
+        if not rows.any():
+            raise OmniferError(
+                f"source_share names {name!r}, but no training sample comes from it; sources: "
+                + ", ".join(sorted(set(sources.tolist())))
+            )
+        w[rows] *= share / w[rows].sum()
+        named |= rows
+    rest = 1.0 - sum(shares.values())
+    if (~named).any():
+        w[~named] *= rest / w[~named].sum()
+    return w * len(w) / w.sum()
+
+
+__all__ = ["STRATEGIES", "balance_report", "balance_weights", "source_shares", "va_cells"]

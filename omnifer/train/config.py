@@ -53,6 +53,9 @@ class TrainConfig:
     patience: int = 5  #: epochs without validation improvement before stopping (0: never)
     balance: tuple[str, ...] = ("expression",)
     balance_max_ratio: float = 10.0
+    #: share of the draws per epoch for named sources, e.g. {"distilled": 0.3}; the epoch length
+    #: stays that of the data, so a small source is drawn more often at no extra cost
+    source_share: tuple[tuple[str, float], ...] = ()
     # losses
     expression_weight: float = 1.0
     va_weight: float = 1.0
@@ -79,6 +82,7 @@ class TrainConfig:
             if not self.tasks:
                 raise OmniferError("tasks is empty; name at least one of " + ", ".join(TASKS))
         _check_names("balance strategy", self.balance, BALANCE)
+        object.__setattr__(self, "source_share", _shares(self.source_share))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("va_head", self.va_head, VA_HEADS)
@@ -115,6 +119,22 @@ class TrainConfig:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise OmniferError(f"cannot read training config {path}: {exc}; fix the file") from None
         return cls().replace(**data.get("train", data))
+
+
+def _shares(value: Any) -> tuple[tuple[str, float], ...]:
+    """``"distilled=0.3,mined=0.2"``, a mapping or pairs -> sorted (source, share) pairs."""
+    if isinstance(value, str):
+        value = [part.split("=", 1) for part in value.split(",") if part.strip()]
+    pairs = value.items() if isinstance(value, dict) else value
+    try:
+        shares = tuple(sorted((str(k).strip(), float(v)) for k, v in pairs))
+    except (TypeError, ValueError):
+        raise OmniferError(f"source_share {value!r} is not SOURCE=SHARE pairs; write e.g. "
+                           "distilled=0.3") from None
+    if any(not 0 < v < 1 for _, v in shares) or sum(v for _, v in shares) >= 1:
+        raise OmniferError(f"source_share {value!r}: each share must lie in (0, 1) and their "
+                           "sum below 1; e.g. distilled=0.3")
+    return shares
 
 
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:

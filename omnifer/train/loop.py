@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from omnifer.artifacts import atomic_path, atomic_write_json, read_json
-from omnifer.data.samplers import balance_report, balance_weights
+from omnifer.data.samplers import balance_report, balance_weights, source_shares
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
 from omnifer.labels import TASKS
@@ -160,6 +160,10 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     if config.balance:
         weights = balance_weights(sub, strategies=config.balance,
                                   max_ratio=config.balance_max_ratio)
+    if config.source_share:
+        weights = source_shares(weights, labeled.table["source"].to_numpy(object)[train_rows],
+                                dict(config.source_share))
+    if weights is not None:
         balance = balance_report(sub, weights, mcfg.expressions)
     pos_weight = au_pos_weight(torch.from_numpy(sub["au"]), torch.from_numpy(sub["au_mask"])
                                ).to(device) if mcfg.aus else None
