@@ -67,8 +67,9 @@ def test_distill_evaluate_tests_only_the_distilled_classes(mined_ws, tiny_synth,
     r = run_cli.json("-w", mined_ws, "distill", "--from", tmp_path / "fewer.parquet",
                      "--images-per-class", "1", "--iterations", "1", "--size", "16",
                      "--device", "cpu")
-    e = run_cli.json("-w", mined_ws, "distill", "evaluate", r["run"], "--seeds", "1",
-                     "--epochs", "1", "--test", tiny_synth.test_toml, "--device", "cpu")
+    e = run_cli.json("-w", mined_ws, "distill", "evaluate", r["run"], "--baselines", "--seeds",
+                     "1", "--epochs", "1", "--test", tiny_synth.test_toml, "--device", "cpu")
+    assert len(e["results"]) == 5  # the coresets too, from the classes the source has
     test = read_labeled(tiny_synth.test_toml).table["expression"].to_numpy(np.int64, na_value=-1)
     assert e["test_faces"] == int(((test >= 0) & (test != gone)).sum()) < int((test >= 0).sum())
 

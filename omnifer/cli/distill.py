@@ -220,17 +220,21 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
     distilled = LabeledSet.load(run.outputs["dataset"])
     with ctx.progress("reading test data", unit="img") as bar:
         test = read_data(ws, default_data(ws, test_ref, "test"), progress=bar)
-    classes = distilled.expressions
     learned = np.unique(distilled.table["expression"].to_numpy(np.int64))
     has = test.masks()["expression"]  # the classes the distilled set has, not the others
     test = test.subset(has & np.isin(test.table["expression"].to_numpy(np.int64, na_value=-1),
                                      learned))
     with ctx.progress("decoding", unit="img") as bar:
-        sets: dict[str, Any] = {f"distilled ({cfg['method']})": as_arrays(ws, distilled, size, bar)}
-        test_xy = as_arrays(ws, test, size, bar)
+        def arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:  # labels renumbered to learned
+            x, y = as_arrays(ws, data, size, bar)
+            return x, np.searchsorted(learned, y)
+
+        sets: dict[str, Any] = {f"distilled ({cfg['method']})": arrays(distilled)}
+        test_xy = arrays(test)
         if baselines:
             source, _ = _source(ctx, ws, cfg["source"], cfg["with_labeled"], cfg.get("labeled"))
-            x, y = as_arrays(ws, source, size, bar)
+            source = source.subset(np.isin(source.table["expression"].to_numpy(np.int64), learned))
+            x, y = arrays(source)
     train_run = ws.latest("train")
     agree = {}  # the share of each set's images the primitive model gives their label
     if train_run is not None:
@@ -254,7 +258,7 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
             with ctx.progress(f"training ({n_epochs} epochs)", unit="net") as bar:
                 results.update(evaluate_sets(
                     {k: v for k, v in sets.items() if k in names}, test_xy,
-                    n_classes=len(classes), seeds=seeds, epochs=n_epochs, device=device,
+                    n_classes=len(learned), seeds=seeds, epochs=n_epochs, device=device,
                     width=run.manifest["width"], mean_std=(norm["mean"], norm["std"]),
                     progress=lambda d, t, info: bar(d, t)))
     for name, share in agree.items():
