@@ -44,6 +44,12 @@ def test_distill_defaults_to_the_latest_mine_run(mined_ws, tiny_synth, run_cli):
                      "--epochs", "1", "--device", "cpu", "--fresh")
     manifest = json.loads((ws / ".omnifer/runs" / t["run"] / "manifest.json").read_text())
     assert manifest["config"]["train"]["source_share"] == [["distilled", 0.5]]
+    # the other sources keep their draws per epoch: the distilled images come on top
+    val = set(json.loads((ws / ".omnifer/runs" / t["run"] / "split.json").read_text())[
+        "val_sample_ids"])
+    distilled = pd.read_parquet(r["dataset"])["sample_id"]
+    others = manifest["counts"]["train"] - int((~distilled.isin(val)).sum())
+    assert manifest["counts"]["draws_per_epoch"] == others * 2
     # evaluation: every arm, per-seed numbers, the share of full data
     e = run_cli.json("-w", ws, "distill", "evaluate", r["run"], "--baselines", "--seeds", "2",
                      "--epochs", "2", "--full-epochs", "1", "--test", tiny_synth.test_toml,

@@ -84,7 +84,7 @@ def cache_dir(ws: Workspace) -> Path:
               help="Comma list of expression,va,au to balance by sampling, or none [expression].")
 @click.option("--source-share", default=None, metavar="SOURCE=SHARE,...",
               help="Draw a source this share of each epoch, e.g. distilled=0.3 for a small "
-                   "distilled set (the epoch length stays the same).")
+                   "distilled set (the other sources keep their draws; the epoch grows).")
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs [5].")
 @click.option("--val-fraction", type=float, default=None, help="Validation share per source [0.1].")
 @click.option("--ensemble", type=int, default=None, help="Train K members [1].")

@@ -53,8 +53,8 @@ class TrainConfig:
     patience: int = 5  #: epochs without validation improvement before stopping (0: never)
     balance: tuple[str, ...] = ("expression",)
     balance_max_ratio: float = 10.0
-    #: share of the draws per epoch for named sources, e.g. {"distilled": 0.3}; the epoch length
-    #: stays that of the data, so a small source is drawn more often at no extra cost
+    #: share of the draws per epoch for named sources, e.g. {"distilled": 0.3}; the other
+    #: sources keep their draws, so the epoch grows (a small source as if repeated)
     source_share: tuple[tuple[str, float], ...] = ()
     # losses
     expression_weight: float = 1.0

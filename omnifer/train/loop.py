@@ -160,9 +160,14 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     if config.balance:
         weights = balance_weights(sub, strategies=config.balance,
                                   max_ratio=config.balance_max_ratio)
+    draws = len(train_rows)  # samples drawn per epoch
     if config.source_share:
-        weights = source_shares(weights, labeled.table["source"].to_numpy(object)[train_rows],
-                                dict(config.source_share))
+        shares = dict(config.source_share)
+        sources = labeled.table["source"].to_numpy(object)[train_rows]
+        weights = source_shares(weights, sources, shares)
+        others = int((~np.isin(sources, list(shares))).sum())
+        if others:  # the other sources keep their draws per epoch; the epoch grows
+            draws = round(others / (1 - sum(shares.values())))
     if weights is not None:
         balance = balance_report(sub, weights, mcfg.expressions)
     pos_weight = au_pos_weight(torch.from_numpy(sub["au"]), torch.from_numpy(sub["au_mask"])
@@ -172,7 +177,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         joint=config.joint_weight, gt=config.gt_weight, kd=config.kd_weight,
         temperature=config.temperature, va_loss=config.va_loss)
 
-    steps = max(1, len(train_rows) // config.batch_size)
+    steps = max(1, draws // config.batch_size)
     total_steps = steps * config.epochs * config.ensemble
     members, histories, validation = [], [], []
     for k in range(config.ensemble):
@@ -180,7 +185,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         history, val = _train_member(
             k, member_dir, mcfg=mcfg, config=config, device=device, maker=maker, labels=labels,
             targets=targets, train_rows=train_rows, val_rows=val_rows, arrays=arrays,
-            weights=weights, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
+            weights=weights, draws=draws, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
             progress=(lambda done, _t, k=k: progress(k * steps * config.epochs + done,
                                                      total_steps)) if progress else None,
             on_epoch=on_epoch)
@@ -188,6 +193,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         histories.append(history)
         validation.append(val)
     counts = {"samples": len(labeled), "train": len(train_rows), "val": len(val_rows),
+              "draws_per_epoch": draws,
               "members": config.ensemble, **{f"labeled_{t}": int(m.any(axis=-1).sum()
                                              if m.ndim > 1 else m.sum())
                                              for t, m in labeled.masks().items()}}
@@ -212,7 +218,7 @@ def _train_member(k: int, member_dir: Path, *, mcfg: ModelConfig, config: TrainC
                   device: torch.device, maker: BatchMaker, labels: dict[str, torch.Tensor],
                   targets: dict[str, torch.Tensor] | None, train_rows: np.ndarray,
                   val_rows: np.ndarray, arrays: dict[str, np.ndarray], weights: np.ndarray | None,
-                  loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
+                  draws: int, loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
                   progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     seed = config.seed + 1009 * k
@@ -247,7 +253,7 @@ def _train_member(k: int, member_dir: Path, *, mcfg: ModelConfig, config: TrainC
             torch.manual_seed(seed + st["epoch"])  # dropout: the same after a resume
             model.train()
             if sample_w is not None:
-                order = train_t[torch.multinomial(sample_w, len(train_t), True, generator=gen)]
+                order = train_t[torch.multinomial(sample_w, draws, True, generator=gen)]
             else:
                 order = train_t[torch.randperm(len(train_t), generator=gen)]
             sums: dict[str, torch.Tensor] = {}
