@@ -264,8 +264,11 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
     for name, share in agree.items():
         results[name]["model_agreement"] = share
     full = results.get("full data", {}).get("mean")
+    chance = 1 / len(learned)  # no set above 1.5x chance: these networks did not learn the task
+    near_chance = max(r["mean"] for r in results.values()) < 1.5 * chance
     atomic_write_json(run.path / "evaluation.json", {"seeds": seeds, "epochs": epochs,
                                                      "full_epochs": full_epochs,
+                                                     "near_chance": near_chance,
                                                      "results": results})
     lines = [f"distill/{run.run_id}: {seeds} fresh networks per set, {epochs} epochs"
              + (f" ({full_epochs} for full data)" if baselines and full_epochs != epochs else "")
@@ -279,9 +282,14 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
         lines.append(f"  {name:<21} {n:>6}  {r['mean']:.4f} +- {r['std']:.4f}  "
                      f"{np.mean(r['macro_f1']):.4f} +- {np.std(r['macro_f1']):.4f}  {share}  "
                      f"{r['seconds']:7.1f}  {model}")
+    if near_chance:
+        lines.append(f"  note: no set scores above 1.5x chance ({chance:.1%}): the fresh networks "
+                     "did not learn the task from these images, so the sets cannot be compared "
+                     "this way; compare 'model agrees'")
     run.update(evaluation={k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
     ctx.emit({"run": f"distill/{run.run_id}", "results": results, "test_faces": len(test),
-              "epochs": epochs, "full_epochs": full_epochs}, "\n".join(lines))
+              "epochs": epochs, "full_epochs": full_epochs, "near_chance": near_chance},
+             "\n".join(lines))
 
 
 def agreement(ws: Any, model_run: Path, data: Any, device: str, mean: bool = True) -> Any:
