@@ -140,7 +140,10 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
         run.update(validation=result.validation, balance=result.balance)
     lines = [f"trained {'student' if student else 'teacher'} train/{run.run_id}: "
              f"{len(result.members)} member(s), {result.counts['train']} train / "
-             f"{result.counts['val']} validation samples, {result.seconds:.0f}s"]
+             f"{result.counts['val']} validation samples"
+             + (f" ({result.counts['draws_per_epoch']} drawn per epoch)"
+                if result.counts["draws_per_epoch"] != result.counts["train"] else "")
+             + f", {result.seconds:.0f}s"]
     for k, val in enumerate(result.validation):
         lines.append(f"  member {k} validation: {_summary(val)}")
     lines.append(f"next: omnifer evaluate train/{run.run_id}")
