@@ -235,13 +235,13 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
             source, _ = _source(ctx, ws, cfg["source"], cfg["with_labeled"], cfg.get("labeled"))
             source = source.subset(np.isin(source.table["expression"].to_numpy(np.int64), learned))
             x, y = arrays(source)
-    train_run = ws.latest("train")
+    train_run = ws.resolve(None, "train") if baselines else ws.latest("train")
     agree = {}  # the share of each set's images the primitive model gives their label
     if train_run is not None:
         agree[next(iter(sets))] = agreement(ws, train_run.path, distilled, device)
     if baselines:
-        model = Path(ws.resolve(None, "train").outputs["model"])
-        emb = embed_images(ctx, ws, source, model, device, "embedding source images")
+        emb = embed_images(ctx, ws, source, Path(train_run.outputs["model"]), device,
+                           "embedding source images")
         agrees = agreement(ws, train_run.path, source, device, mean=False)
         for name in ("random", "herding", "k-center"):
             idx = select_coreset(name, emb.astype(np.float32), y, ipc, seed=0)
@@ -252,12 +252,12 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
     norm = run.manifest["normalisation"]  # the real data's, for every arm
     full_epochs = full_epochs or epochs
     results: dict[str, Any] = {}
-    for names, n_epochs in (([k for k in sets if k != "full data"], epochs),
-                            ([k for k in sets if k == "full data"], full_epochs)):
-        if names:
+    for full_arm, n_epochs in ((False, epochs), (True, full_epochs)):
+        group = {k: v for k, v in sets.items() if (k == "full data") == full_arm}
+        if group:
             with ctx.progress(f"training ({n_epochs} epochs)", unit="net") as bar:
                 results.update(evaluate_sets(
-                    {k: v for k, v in sets.items() if k in names}, test_xy,
+                    group, test_xy,
                     n_classes=len(learned), seeds=seeds, epochs=n_epochs, device=device,
                     width=run.manifest["width"], mean_std=(norm["mean"], norm["std"]),
                     progress=lambda d, t, info: bar(d, t)))
@@ -278,10 +278,11 @@ def evaluate(ctx: Context, run_ref: str | None, baselines: bool, test_ref: str |
     for name, r in results.items():
         n = len(sets[name][1])
         share = f"{r['mean'] / full:7.1%}" if full else "      -"
-        model = f"{r['model_agreement']:12.1%}" if "model_agreement" in r else "           -"
+        agrees_col = (f"{r['model_agreement']:12.1%}" if "model_agreement" in r
+                      else "           -")
         lines.append(f"  {name:<21} {n:>6}  {r['mean']:.4f} +- {r['std']:.4f}  "
                      f"{np.mean(r['macro_f1']):.4f} +- {np.std(r['macro_f1']):.4f}  {share}  "
-                     f"{r['seconds']:7.1f}  {model}")
+                     f"{r['seconds']:7.1f}  {agrees_col}")
     if near_chance:
         lines.append(f"  note: no set scores above 1.5x chance ({chance:.1%}): the fresh networks "
                      "did not learn the task from these images, so the sets cannot be compared "
