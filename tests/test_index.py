@@ -190,7 +190,8 @@ def test_fast_jpeg_decoding_matches_pil(tmp_path):
 
     from PIL import Image, ImageOps
 
-    from omnifer.pools.embed import _decode_jpeg, decode
+    from omnifer.data.images import _decode_jpeg
+    from omnifer.pools.embed import decode
     from omnifer.pools.sources import PoolItem
 
     rng = np.random.default_rng(0)

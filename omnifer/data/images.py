@@ -1,4 +1,4 @@
-"""Image bytes: hashing + full decode check for readers, and :func:`load_image` for training.
+"""Image bytes: hashing + full decode check for readers, and THE decoder (:func:`decode_bytes`).
 
 An image reference (the ``image`` column of a sample table) is either an absolute file path or
 ``<dataset dir>::<row>`` for a row of a ``datasets.Dataset.save_to_disk`` folder (with
@@ -12,6 +12,7 @@ import io
 import os
 import re
 import threading
+import warnings
 from typing import Any
 
 from omnifer.errors import one_line
@@ -38,16 +39,7 @@ def parse_hf_ref(ref: str) -> tuple[str, int, str | None] | None:
 
 def check_image(data: bytes) -> str | None:
     """Decode ``data`` fully once; return ``None`` if it is a readable image, else why not."""
-    from PIL import Image
-
-    if not data:
-        return "image file is empty (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... on bad data
-        return f"cannot decode image ({one_line(exc)})"
-    return None
+    return decode_bytes(data)[1]
 
 
 class Unreadable(str):
@@ -103,17 +95,14 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
-def load_image(ref: str | os.PathLike) -> Any:
-    """Open an image reference as an RGB ``PIL.Image`` (file path or ``dir::row`` of ``hf``)."""
-    from PIL import Image
-
+def read_image_bytes(ref: str | os.PathLike) -> bytes:
+    """The bytes of an image reference (file path or ``dir::row`` of a saved ``datasets``)."""
     ref = os.fspath(ref)
     parsed = parse_hf_ref(ref)
     if parsed is None:
         try:
-            with Image.open(ref) as im:
-                im.load()
-                return to_rgb(im)
+            with open(ref, "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
             from omnifer.errors import OmniferError
 
@@ -121,11 +110,92 @@ def load_image(ref: str | os.PathLike) -> Any:
                 f"image file {ref} does not exist; it moved since the data was read — "
                 "read the data again"
             ) from None
-    directory, row, column = parsed
-    data = _hf_image_bytes(directory, row, column)
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return to_rgb(im)
+    return _hf_image_bytes(*parsed)
+
+
+def decode_bytes(data: bytes) -> tuple[Any, str | None]:
+    """THE decoder: RGB uint8 ``[H, W, 3]`` of encoded image bytes, or ``(None, why not)``.
+
+    Every stage decodes through it (training, indexing, mining, distillation), so a labeled
+    face and the same face in a pool give identical pixels. JPEGs go through libjpeg-turbo
+    (torchvision, about 3x PIL) with EXIF orientation applied; other formats, and JPEGs it
+    refuses, through PIL (:func:`to_rgb`).
+    """
+    import numpy as np
+
+    if not data:
+        return None, "image file is empty (0 bytes)"
+    if data[:2] == b"\xff\xd8":
+        image = _decode_jpeg(data)
+        if image is not None:
+            return image, None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(to_rgb(im)), None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data
+        reason = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the bytes", one_line(exc))  # no addresses
+        return None, f"cannot decode image ({reason})"
+
+
+@functools.cache
+def _torchvision_jpeg() -> Any:
+    """torchvision's libjpeg-turbo decoder, or None where torchvision no longer has it."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                            category=DeprecationWarning)
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
+def _decode_jpeg(data: bytes) -> Any:
+    """RGB uint8 of a JPEG with EXIF orientation applied, or None to let PIL decide."""
+    import torch
+
+    decoder = _torchvision_jpeg()
+    if decoder is None:
+        return None
+    try:
+        x = decoder(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    except RuntimeError:  # truncated, corrupt or unusual: PIL decodes it or says why not
+        return None
+    return x.permute(1, 2, 0).numpy()
+
+
+def resize(image: Any, size: int) -> Any:
+    """``image`` (uint8 [H, W, 3]) at ``size`` x ``size``, bilinear; unchanged when it is."""
+    import numpy as np
+
+    if image.shape[:2] == (size, size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def decode_image(ref: str | os.PathLike, size: int | None = None) -> Any:
+    """RGB uint8 ``[H, W, 3]`` of an image reference (resized to ``size`` when given); a
+    missing or undecodable image is a one-line error."""
+    from omnifer.errors import OmniferError
+
+    image, reason = decode_bytes(read_image_bytes(ref))
+    if image is None:
+        raise OmniferError(
+            f"cannot decode image {os.fspath(ref)}: {reason}; check the file or read the data "
+            "with --on-bad-files skip"
+        )
+    return image if size is None else resize(image, size)
+
+
+def load_image(ref: str | os.PathLike) -> Any:
+    """An image reference as an RGB ``PIL.Image`` (decoded by :func:`decode_image`)."""
+    from PIL import Image
+
+    return Image.fromarray(decode_image(ref))
 
 
 # ---------------------------------------------------------------- hf datasets

@@ -15,12 +15,8 @@ no_face, ``reason``, ``box``, ``landmarks``, ``det_score``, ``row``) plus
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
-import re
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from omnifer.artifacts import ShardedWriter, atomic_path, fingerprint
-from omnifer.errors import OmniferError, one_line
+from omnifer.data.images import decode_bytes, resize
+from omnifer.errors import OmniferError
 from omnifer.pools.sources import PoolItem, PoolSource, item_id
 
 log = logging.getLogger(__name__)
@@ -90,60 +87,12 @@ class EmbedResult:
 # ---------------------------------------------------------------- decoding (worker side)
 
 def decode(item: PoolItem) -> tuple[np.ndarray | None, str | None]:
-    """RGB uint8 [H, W, 3] of an item (EXIF orientation, gray/RGBA -> RGB), or why not."""
+    """RGB uint8 [H, W, 3] of an item (through the one decoder), or why not."""
     if item.error is not None or item.data is None:
         return None, item.error or "no data"
     if isinstance(item.data, np.ndarray):
         return item.data, None
-    if item.data[:2] == b"\xff\xd8":  # JPEG: libjpeg-turbo through torchvision, ~3x PIL
-        image = _decode_jpeg(item.data)
-        if image is not None:
-            return image, None
-    from PIL import Image
-
-    from omnifer.data.images import to_rgb
-
-    try:
-        with Image.open(io.BytesIO(item.data)) as im:
-            im.load()
-            return np.asarray(to_rgb(im)), None
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad data
-        reason = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the bytes", one_line(exc))  # no addresses
-        return None, f"cannot decode image ({reason})"
-
-
-@functools.cache
-def _torchvision_jpeg() -> Callable[..., Any] | None:
-    """torchvision's libjpeg-turbo decoder, or None where torchvision no longer has it."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
-                            category=DeprecationWarning)
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        return None
-    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    """RGB uint8 of a JPEG with EXIF orientation applied, or None to let PIL decide."""
-    import torch
-
-    decoder = _torchvision_jpeg()
-    if decoder is None:
-        return None
-    try:
-        x = decoder(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    except RuntimeError:  # truncated, corrupt or unusual: PIL decodes it or says why not
-        return None
-    return x.permute(1, 2, 0).numpy()
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return decode_bytes(item.data)
 
 
 def read_chunk(source: PoolSource, keys: Sequence[str], *, size: int,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from omnifer.artifacts import atomic_path
-from omnifer.data.images import load_image
+from omnifer.data.images import decode_image
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError, one_line
 
@@ -37,18 +37,10 @@ def cache_key(labeled: LabeledSet, size: int) -> str:
 
 
 def decode_one(ref: str, size: int) -> np.ndarray:
-    from PIL import Image
-
     try:
-        im = load_image(ref)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise OmniferError(
-            f"cannot decode training image {ref}: {one_line(exc)}; check the file or re-run "
-            "`omnifer data check` with --on-bad-files skip"
-        ) from None
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+        return decode_image(ref, size)
+    except OmniferError as exc:
+        raise OmniferError(f"training {exc}") from None
 
 
 def decoded_images(labeled: LabeledSet, size: int, cache_dir: str | os.PathLike, *,
