@@ -26,10 +26,14 @@ import numpy as np
 import torch
 
 from omnifer.data import LabeledSet
-from omnifer.distill import distill, train_experts
-from omnifer.train.images import decoded_images
+from omnifer.data.cache import decoded_images
+from omnifer.distill import METHODS, DistillConfig, distill, train_experts
 
-ITERATIONS = {"dm": 500, "gm": 200, "tm": 500}  # omnifer distill's CPU defaults
+
+def cpu_defaults(method: str, ipc: int) -> DistillConfig:
+    """The settings of ``omnifer distill`` without a GPU; unset iterations: the method's."""
+    config = DistillConfig(method=method, images_per_class=ipc).resolved(gpu=False)
+    return config.replace(iterations=config.iterations or METHODS.get(method).iterations)
 
 
 def arrays(data: LabeledSet, size: int, cache: str) -> tuple[np.ndarray, np.ndarray]:
@@ -62,22 +66,23 @@ def main() -> None:
         x, y = arrays(data, size, cache)
         n_classes = int(y.max()) + 1
         for method in args.methods.split(","):
+            config = cpu_defaults(method, args.ipc)
             setup, experts = 0.0, None
             if method == "tm":
                 t0 = time.perf_counter()
-                experts = train_experts(x, y, n_classes=n_classes, width=32, seed=0)
+                experts = train_experts(x, y, n_classes=n_classes, width=config.width,
+                                        seed=config.seed)
                 setup = time.perf_counter() - t0
-            iterations = ITERATIONS[method] if method in full else args.measure
+            iterations = config.iterations if method in full else args.measure
             stamps = [time.perf_counter()]
-            result = distill(x, y, n_classes=n_classes, method=method,
-                             images_per_class=args.ipc, iterations=iterations, width=32,
-                             options={"batch_real": 64} if method != "tm" else None,
-                             experts=experts, seed=0,
+            result = distill(x, y, n_classes=n_classes,
+                             **config.replace(iterations=iterations).distill_kwargs(),
+                             experts=experts,
                              progress=lambda *_: stamps.append(time.perf_counter()))
             per = statistics.median(np.diff(stamps[1:] if len(stamps) > 2 else stamps))
             measured = method in full
-            total = setup + result.seconds if measured else setup + ITERATIONS[method] * per
-            rows.append((method, size, len(y), per, setup, ITERATIONS[method], total, measured))
+            total = setup + result.seconds if measured else setup + config.iterations * per
+            rows.append((method, size, len(y), per, setup, config.iterations, total, measured))
             print(f"{method} {size} px: {per:.3f} s / iteration, setup {setup:.0f} s",
                   flush=True)
 

@@ -111,7 +111,7 @@ def main() -> None:
         t = time.perf_counter()
         _, ids = fi.search(index, queries, args.k, params=params, device=args.device)
         search_s = time.perf_counter() - t
-        row = {"index": label, "params": params or fi._current_params(index),
+        row = {"index": label, "params": params or fi.search_parameters(index),
                "build_s": build_s, "search_s": search_s, "qps": args.queries / search_s,
                "bytes": size,
                "recall": 1.0 if truth is None else fi.recall_at_k(ids, truth, args.k)}

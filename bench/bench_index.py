@@ -55,7 +55,7 @@ def _write_folder(args: tuple[str, int]) -> int:
     from PIL import Image
 
     from omnifer.synth.config import resolve_config
-    from omnifer.synth.generate import sample_faces
+    from omnifer.synth.sampling import sample_faces
 
     final = root / "faces" / f"{k:05d}"
     if final.is_dir() and len(os.listdir(final)) == FOLDER:
@@ -122,7 +122,7 @@ def checkpoint(root: Path, backbone: str) -> Path:
 
 
 def embed_config(pool: Path, model: Path, batch_size: int):
-    from omnifer.pools.embed import EmbedConfig
+    from omnifer.pools.embed_config import EmbedConfig
 
     return EmbedConfig(pool=str(pool), source="folder", model=str(model),
                        model_fingerprint=f"bench:{model.name}", input_size=SIZE,
@@ -216,8 +216,8 @@ def child_embed(pool: Path, out: Path, model: Path, workers: int, batch_size: in
 
     torch.set_num_threads(threads)
 
+    from omnifer.pools import open_pool
     from omnifer.pools.embed import embed_pool
-    from omnifer.pools.sources import open_pool
 
     base = _kib(os.getpid(), "status", "VmRSS") / 1024
     sampler = TreeSampler()
@@ -292,8 +292,8 @@ def run_child(args: list[str]) -> dict:
 # ---------------------------------------------------------------- throughput
 
 def e2e(pool: Path, model: Path, workers: int, batch_size: int) -> float:
+    from omnifer.pools import open_pool
     from omnifer.pools.embed import embed_pool
-    from omnifer.pools.sources import open_pool
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -313,7 +313,7 @@ def throughput(root: Path, backbone: str, subset: int, workers: list[int], round
                batch_size: int, threads: int) -> dict:
     import torch
 
-    from omnifer.pools.embed import Embedder
+    from omnifer.models.embedder import Embedder
 
     torch.set_num_threads(threads)
     pool, model = pool_view(root, subset), checkpoint(root, backbone)
@@ -348,8 +348,12 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
     """Where end-to-end time goes, measured piece by piece on ``n`` faces."""
     import torch
 
-    from omnifer.pools import embed as E
-    from omnifer.pools.sources import open_pool
+    from omnifer.artifacts import ShardedWriter
+    from omnifer.models.embedder import Embedder
+    from omnifer.pools import open_pool
+    from omnifer.pools.chunks import CHUNK, read_chunk
+    from omnifer.pools.engines.local import local_chunks
+    from omnifer.pools.shards import write_shard
 
     pool, model = pool_view(root, n), checkpoint(root, backbone)
     source = open_pool(pool)
@@ -357,30 +361,30 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
     config = embed_config(pool, model, batch_size)
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    chunks = [E.read_chunk(source, keys[i:i + E.CHUNK], size=SIZE)
-              for i in range(0, len(keys), E.CHUNK)]
+    chunks = [read_chunk(source, keys[i:i + CHUNK], size=SIZE)
+              for i in range(0, len(keys), CHUNK)]
     out["read + decode + hash, ms/image (in one process)"] = \
         (time.perf_counter() - t0) * 1000 / len(keys)
     for w in workers:
         t0 = time.perf_counter()
-        got = sum(len(c.images) for c, _ in E._local_chunks(source, keys, config=config,
-                                                           workers=w, embedder=None))
+        got = sum(len(c.images) for c, _ in local_chunks(source, keys, config=config,
+                                                         workers=w))
         out[f"DataLoader pipeline alone (no model), w={w}, images/s"] = \
             got / (time.perf_counter() - t0)
     images = np.concatenate([c.images for c in chunks])
     embs = []
     for th in threads:
         torch.set_num_threads(th)
-        embedder = E.Embedder(model, device="cpu", batch_size=batch_size)
+        embedder = Embedder(model, device="cpu", batch_size=batch_size)
         embedder(images[:batch_size])
         out[f"model on {batch_size}-image batches, {th} threads, images/s"] = \
             bare(embedder, images)
         embs = [embedder(images)]
     rows = [{"key": k, "id": str(i), "face": 0, "status": "ok"} for i, k in enumerate(keys)]
     with tempfile.TemporaryDirectory() as tmp:
-        writer = E.ShardedWriter(Path(tmp) / "shards", config_fingerprint="bench")
+        writer = ShardedWriter(Path(tmp) / "shards", config_fingerprint="bench")
         t0 = time.perf_counter()
-        E._write_shard(writer, 0, rows, embs)
+        write_shard(writer, 0, rows, embs)
         out["shard writing, ms/image"] = (time.perf_counter() - t0) * 1000 / n
     return out
 

@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from omnifer.mining import engine  # noqa: E402
+from omnifer.mining.blocks import block_size  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -72,7 +73,7 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this process: prints a JSON line."""
     labeled, labels = labeled_set(args)
     pool = np.load(args.child_pool, mmap_mode="r")[:args.child_rows]
-    block = args.block or engine._block_size(None, args.m)
+    block = args.block or block_size(None, args.m)
 
     def sgemm_seconds(repeats: int = 5) -> list[float]:
         """One block times labeled.T; buffers are freed again, so that RSS is the engine's."""

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from omnifer.synth import generate, resolve_config  # noqa: E402
-from omnifer.synth.generate import _identities, _render_rows, _sample_rows  # noqa: E402
+from omnifer.synth.sampling import identity_table, render_rows, sample_rows  # noqa: E402
 
 
 def _cpu_name() -> str:
@@ -52,13 +52,13 @@ def main(argv=None) -> None:
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
     print(f"machine: {_cpu_name()}, {os.cpu_count()} cpus, python {platform.python_version()}")
     cfg = resolve_config(args.preset, size=args.size)
-    ids = _identities(cfg, 0, "labeled")
+    ids = identity_table(cfg, 0, "labeled")
     best = 0.0
     for r in range(args.repeat):
         rng = np.random.default_rng(r)
         t0 = time.perf_counter()
-        rows = _sample_rows(rng, args.n, cfg, args.split, 0, ids, shifted=False)
-        data = _render_rows(rng, rows, ids, args.size, cfg, shifted=False)
+        rows = sample_rows(rng, args.n, cfg, args.split, 0, ids, shifted=False)
+        data = render_rows(rng, rows, ids, args.size, cfg, shifted=False)
         dt = time.perf_counter() - t0
         best = max(best, args.n / dt)
         print(f"  run {r}: {args.n} images in {dt:.2f}s = {args.n / dt:.0f} images/s "

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from omnifer.data import read_labeled
+from omnifer.data.batches import BatchMaker
+from omnifer.data.cache import decoded_images
 from omnifer.models import build_model
 from omnifer.train import TrainConfig, train
-from omnifer.train.images import BatchMaker, decoded_images
 from omnifer.train.evaluate import align_aus
 from omnifer.train.loop import LABEL_KEYS, model_config_for
 from omnifer.train.losses import multitask_loss

@@ -26,8 +26,8 @@ import torch
 
 from omnifer.artifacts import atomic_write_json
 from omnifer.data import LabeledSet, combine, read_labeled
+from omnifer.data.cache import decoded_images
 from omnifer.train import TrainConfig, evaluate_models, load_models, train
-from omnifer.train.images import decoded_images
 
 METRICS = {
     "expression accuracy": ("expression", "accuracy"),

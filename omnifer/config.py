@@ -29,6 +29,7 @@ class StageConfig:
     """Base of the stage configs; subclasses are frozen dataclasses and set ``section``."""
 
     section: ClassVar[str] = ""  #: TOML table name, e.g. "train", "mine"
+    noun: ClassVar[str] = ""  #: what messages call the options, e.g. "training" (default: section)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -40,7 +41,7 @@ class StageConfig:
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
             raise OmniferError(
-                f"unknown {self.section or 'config'} option(s) {', '.join(unknown)}; valid: "
+                f"unknown {self.noun or self.section or 'config'} option(s) {', '.join(unknown)}; valid: "
                 + ", ".join(self.field_names())
             )
         return dataclasses.replace(self, **changes)
@@ -54,7 +55,7 @@ class StageConfig:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise OmniferError(f"cannot read {cls.section or 'config'} config {path}: "
+            raise OmniferError(f"cannot read {cls.noun or cls.section or 'a'} config {path}: "
                                f"{' '.join(str(exc).split())}; fix the file") from None
         return cls().replace(**data.get(cls.section, data))
 

@@ -48,23 +48,44 @@ class Run:
     run_id = property(lambda self: self.manifest["run_id"])
     status = property(lambda self: self.manifest["status"])
     config = property(lambda self: self.manifest.get("config", {}))
-    outputs = property(lambda self: self.manifest.get("outputs", {}))
+
+    @property
+    def ref(self) -> str:
+        """``stage/run-id``, the form every command accepts."""
+        return f"{self.stage}/{self.run_id}"
+
+    @property
+    def root(self) -> Path:
+        """The workspace the run belongs to (``<root>/.omnifer/runs/<stage>/<id>``)."""
+        parents = self.path.resolve().parents
+        return parents[3] if len(parents) > 3 else parents[-1]
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """The outputs as absolute paths (the manifest stores them relative to the run)."""
+        return {k: _absolute(self.path, v) for k, v in self.manifest.get("outputs", {}).items()}
 
     def output(self, name: str) -> Path:
-        """Path of a named output; relative outputs are relative to the run directory."""
+        """Path of a named output."""
         if name not in self.outputs:
             raise OmniferError(
-                f"run {self.stage}/{self.run_id} has no output {name!r} "
-                f"(it has: {', '.join(self.outputs) or 'none'})"
+                f"run {self.ref} has no output {name!r} "
+                f"(it has: {', '.join(self.outputs) or 'none'}); the run was made by another "
+                "omnifer version or did not finish: run its stage again"
             )
-        return (self.path / self.outputs[name]).resolve()
+        return Path(self.outputs[name])
 
     def __repr__(self) -> str:
         return f"Run({self.stage}/{self.run_id}, {self.status})"
 
     # -- updates
     def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into the manifest (dicts are merged one level deep) and save it."""
+        """Merge ``fields`` into the manifest (dicts are merged one level deep) and save it.
+        Paths in ``outputs`` are stored relative to the run directory when they lie in the
+        workspace, so a workspace can be moved or copied."""
+        if "outputs" in fields:
+            fields["outputs"] = {k: relative_output(self.path, self.root, v)
+                                 for k, v in (fields["outputs"] or {}).items()}
         for key, value in fields.items():
             value = to_jsonable(value)
             if isinstance(value, dict) and isinstance(self.manifest.get(key), dict):
@@ -102,6 +123,24 @@ class Workspace:
     @property
     def runs_dir(self) -> Path:
         return self.root / ".omnifer" / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Caches shared by the runs (decoded images, embeddings, experts)."""
+        return self.root / ".omnifer" / "cache"
+
+    def portable(self, path: str | os.PathLike) -> str:
+        """``path`` as recorded in a config: relative to the workspace root when it lies in
+        the workspace (so a moved workspace keeps working), absolute otherwise."""
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def locate(self, recorded: str | os.PathLike) -> Path:
+        """The path a config recorded with :meth:`portable` (absolute paths stay as they are)."""
+        return self.root / recorded
 
     def __repr__(self) -> str:
         return f"Workspace({self.root})"
@@ -153,10 +192,11 @@ class Workspace:
     def describe_input(self, value: Run | str | os.PathLike) -> dict[str, Any]:
         """An input record: path, fingerprint and, for a run, its stage and id."""
         if isinstance(value, Run):
-            return {"run": f"{value.stage}/{value.run_id}", "path": str(value.path),
+            return {"run": value.ref, "path": self.portable(value.path),
                     "fingerprint": value.manifest.get("config_fingerprint")}
         path = Path(value).resolve()
-        record: dict[str, Any] = {"path": str(path), "fingerprint": path_fingerprint(path)}
+        record: dict[str, Any] = {"path": self.portable(path),
+                                  "fingerprint": path_fingerprint(path)}
         owner = self._run_owning(path)
         if owner is not None:
             record["run"] = f"{owner.stage}/{owner.run_id}"
@@ -234,6 +274,27 @@ class Workspace:
         if len(rel.parts) >= 2 and (self.runs_dir / rel.parts[0] / rel.parts[1] / MANIFEST).is_file():
             return Run(self.runs_dir / rel.parts[0] / rel.parts[1])
         return None
+
+
+def relative_output(run_dir: Path, root: Path, value: Any) -> Any:
+    """Absolute output paths inside the workspace as paths relative to the run directory
+    (a relative output already is one); other paths stay absolute."""
+    if isinstance(value, (list, tuple)):
+        return [relative_output(run_dir, root, v) for v in value]
+    if isinstance(value, (str, os.PathLike)) and os.path.isabs(value):
+        path = Path(value).resolve()
+        if path == root or root in path.parents:
+            return os.path.relpath(path, run_dir.resolve())
+        return str(path)
+    return value
+
+
+def _absolute(run_dir: Path, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_absolute(run_dir, v) for v in value]
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        return os.path.normpath(run_dir / value)
+    return value
 
 
 def _now() -> str:

@@ -1,4 +1,4 @@
-"""Readers, the sample table, bad-row policies, TOML mixtures and the torch dataset.
+"""Readers, the sample table, bad-row policies and TOML mixtures.
 
 Every fixture is a handful of tiny images written with Pillow into ``tmp_path``.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -484,7 +483,7 @@ def test_import_does_not_load_torch():
     assert out.stdout.split() == ["False", "False"]
 
 
-# ---------------------------------------------------------------- images and torch
+# ---------------------------------------------------------------- images
 
 def test_load_image_exif_gray_rgba(tmp_path: Path):
     arr = np.zeros((10, 20, 3), dtype=np.uint8)
@@ -501,31 +500,3 @@ def test_load_image_exif_gray_rgba(tmp_path: Path):
     with pytest.raises(OmniferError, match="does not exist"):
         load_image(tmp_path / "gone.jpg")
 
-
-def test_face_dataset_matches_table(tmp_path: Path, csv_db: Path):
-    torch = pytest.importorskip("torch")
-    from omnifer.data.torch import FaceDataset
-
-    s = combine([read_labeled(csv_db), save_and_read_hf(tmp_path)])
-    ds = FaceDataset(s, size=32)
-    assert len(ds) == len(s) == 9
-    m = s.masks()
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, num_workers=0)
-    batches = list(loader)
-    cat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    assert cat["image"].shape == (9, 3, 32, 32) and cat["image"].dtype == torch.float32
-    assert cat["image"].min() >= -1 and cat["image"].max() <= 1
-    assert cat["expression"].dtype == torch.long and cat["expression_mask"].dtype == torch.bool
-    assert cat["expression_mask"].numpy().tolist() == m["expression"].tolist()
-    assert cat["va_mask"].numpy().tolist() == m["va"].tolist()
-    assert cat["au_mask"].numpy().tolist() == m["au"].tolist()
-    assert cat["au"].shape == (9, len(s.aus)) and cat["va"].shape == (9, 2)
-    for key in ("image", "va", "au", "weight"):
-        assert not torch.isnan(cat[key]).any(), key
-    assert (cat["expression"][~cat["expression_mask"]] == 0).all()
-    assert (cat["va"][~cat["va_mask"]] == 0).all() and (cat["au"][~cat["au_mask"]] == 0).all()
-    t = s.table
-    ok = m["expression"]
-    assert cat["expression"][torch.from_numpy(ok)].tolist() == [int(x) for x in
-                                                               t["expression"][ok]]
-    assert math.isclose(float(cat["va"][0, 0]), 0.5)

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnifer.distill import (CORESETS, METHODS, build_convnet, distill, dsa, evaluate_sets,
-                             functional_forward, herding, k_center, random_subset,
-                             select_coreset, trajectory_gradient)
+from omnifer.distill import (CORESETS, METHODS, DistillConfig, DistillEvaluateConfig,
+                             build_convnet, distill, dsa, evaluate_sets, functional_forward,
+                             herding, k_center, random_subset, select_coreset,
+                             trajectory_gradient)
 from omnifer.distill.networks import default_depth, flat_params
 from omnifer.errors import ConfigMismatchError, OmniferError
 
@@ -344,3 +345,72 @@ def test_errors_are_one_line_omnifer_errors(data):
         distill(x * 255, y, n_classes=K)
     with pytest.raises(OmniferError, match="80 images but 79 labels"):
         distill(x, y[:-1], n_classes=K)
+
+
+# ---------------------------------------------------------------- configs
+
+def test_distill_config_defaults_and_validation(tmp_path):
+    c = DistillConfig()
+    assert (c.images_per_class, c.method, c.size, c.iterations, c.lr_images, c.soft_labels,
+            c.width, c.batch_real, c.with_labeled, c.seed, c.device) == (
+        10, "dm", 32, None, None, False, None, None, False, 0, "auto")
+    assert DistillConfig.section == "distill" and c.replace(width=None) == c
+    path = tmp_path / "omnifer.toml"
+    path.write_text('[distill]\nmethod = "gm"\nimages_per_class = 2\nlr_images = 0.5\n')
+    assert DistillConfig.from_toml(path) == DistillConfig(method="gm", images_per_class=2,
+                                                          lr_images=0.5)
+    cases = [
+        ({"images_per_class": 0}, "images_per_class is 0; use an integer of at least 1"),
+        ({"images_per_class": "ten"}, "images_per_class is 'ten'"),
+        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, tm"),
+        ({"size": 1}, "size is 1; use an integer of at least 2"),
+        ({"iterations": 0}, "iterations is 0"),
+        ({"lr_images": 0.0}, "lr_images is 0.0; use a finite number above 0"),
+        ({"lr_images": float("inf")}, "lr_images is inf"),
+        ({"lr_images": float("nan")}, "lr_images is nan"),
+        ({"width": 0}, "width is 0"),
+        ({"batch_real": -1}, "batch_real is -1"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"soft_labels": True}, "method 'dm' does not learn labels"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(OmniferError, match=message) as err:
+            DistillConfig(**kwargs)
+        assert "\n" not in str(err.value)
+    DistillConfig(size=2, iterations=1, lr_images=1e-4, width=1, batch_real=1, method="tm",
+                  soft_labels=True)
+
+
+def test_distill_config_resolved_fills_device_defaults():
+    assert DistillConfig().resolved(gpu=False) == DistillConfig(width=32, batch_real=64,
+                                                                iterations=500)
+    assert DistillConfig().resolved(gpu=True) == DistillConfig(width=128, batch_real=128)
+    for method in ("gm", "tm"):  # only dm shortens its run on CPU
+        assert DistillConfig(method=method).resolved(gpu=False).iterations is None
+    given = DistillConfig(width=8, batch_real=4, iterations=7)
+    assert given.resolved(gpu=False) == given == given.resolved(gpu=True)
+
+
+def test_distill_takes_the_config_values(data):
+    x, y = data
+    config = DistillConfig(images_per_class=2, iterations=2, width=16, batch_real=8,
+                           device="cpu")
+    kwargs = config.distill_kwargs()
+    assert "size" not in kwargs and "with_labeled" not in kwargs and "lr_images" not in kwargs
+    a = distill(x, y, n_classes=K, **kwargs)
+    b = distill(x, y, n_classes=K, images_per_class=2, iterations=2, width=16, device="cpu",
+                options={"batch_real": 8})
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.history == b.history
+
+
+def test_distill_evaluate_config():
+    c = DistillEvaluateConfig()
+    assert (c.baselines, c.seeds, c.epochs, c.full_epochs, c.device) == (
+        False, 5, 300, None, "auto")
+    assert DistillEvaluateConfig.section == "distill_evaluate"
+    for kwargs, message in (({"seeds": 0}, "seeds is 0"), ({"epochs": 0}, "epochs is 0"),
+                            ({"full_epochs": 0}, "full_epochs is 0"),
+                            ({"device": "gpu"}, "unknown device 'gpu'")):
+        with pytest.raises(OmniferError, match=message):
+            DistillEvaluateConfig(**kwargs)

@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omnifer.workspace import Workspace
+
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # end-to-end runs of the commands
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,7 @@ def test_distill_defaults_to_the_latest_mine_run(mined_ws, tiny_synth, run_cli):
     from omnifer.data import LabeledSet
 
     ws = mined_ws
-    mined = LabeledSet.load(json.loads((next((ws / ".omnifer/runs/mine").glob("*/manifest.json"))
-                                         ).read_text())["outputs"]["dataset"])
+    mined = LabeledSet.load(Workspace(ws).latest("mine").output("dataset"))
     present = sorted(set(mined.table["expression"].dropna().astype(int)))
     r = run_cli.json("-w", ws, "distill", "--images-per-class", "1", "--iterations", "3",
                      "--size", "16", "--device", "cpu")
@@ -65,8 +67,7 @@ def test_distill_evaluate_tests_only_the_distilled_classes(mined_ws, tiny_synth,
                                                            run_cli):
     from omnifer.data import LabeledSet, read_labeled
 
-    mined = LabeledSet.load(json.loads((next((mined_ws / ".omnifer/runs/mine").glob(
-        "*/manifest.json"))).read_text())["outputs"]["dataset"])
+    mined = LabeledSet.load(Workspace(mined_ws).latest("mine").output("dataset"))
     y = mined.table["expression"].to_numpy(np.int64, na_value=-1)
     gone = int(np.bincount(y[y >= 0]).argmax())  # drop the largest class from the source
     mined.subset((y >= 0) & (y != gone)).save(tmp_path / "fewer.parquet")
@@ -109,13 +110,12 @@ def test_distill_bad_input_is_one_line(mined_ws, tiny_synth, tmp_path, run_cli):
 
 
 def test_model_agreement_is_the_models_accuracy(mined_ws, tiny_synth, run_cli):
-    from omnifer.cli.distill import agreement
     from omnifer.data import read_labeled
-    from omnifer.workspace import Workspace
+    from omnifer.pipeline.distill_evaluate import agreement
 
     test = read_labeled(tiny_synth.test_toml)
     test = test.subset(test.masks()["expression"])
     ws = Workspace(mined_ws)
-    share = agreement(ws, ws.latest("train").path, test, "cpu")
+    share = agreement(ws, ws.latest("train").path, test, "cpu").mean()
     r = run_cli.json("-w", mined_ws, "evaluate", "--data", tiny_synth.test_toml, "--device", "cpu")
     assert share == pytest.approx(r["expression"]["accuracy"])

@@ -117,15 +117,35 @@ def test_approximate_factory_reaches_recall():
     x = clustered_unit(n + 500, dim, clusters=100, spread=1.0, seed=5)
     db, queries = x[:n], x[n:]
     index = fi.build_index(db, factory=factory, device="cpu", train_size=20_000, seed=0)
-    assert fi._current_params(index) == fi.default_search_params(factory, n) == {"nprobe": 16}
+    assert fi.search_parameters(index) == fi.default_search_params(factory, n) == {"nprobe": 16}
     _, ids = fi.search(index, queries, 10)
     _, exact_ids = fi.exact_knn(queries, db, 10)
     assert fi.recall_at_k(ids, exact_ids, 10) >= 0.95
     # per-call params hold for that call only
     _, few = fi.search(index, queries, 10, params={"nprobe": 1})
     assert fi.recall_at_k(few, exact_ids, 10) < fi.recall_at_k(ids, exact_ids, 10)
-    assert fi._current_params(index) == {"nprobe": 16}
+    assert fi.search_parameters(index) == {"nprobe": 16}
 
+
+
+def test_public_search_parameters_and_devices():
+    x = clustered_unit(2000, 16, clusters=10, spread=1.0, seed=10)
+    index = fi.build_index(x, factory="IVF8,Flat", device="cpu")
+    assert fi.search_parameters(index) == {"nprobe": 8}
+    fi.set_search_parameters(index, nprobe=2)
+    assert fi.search_parameters(index) == {"nprobe": 2}
+    with pytest.raises(RuntimeError, match="inside"):
+        with fi.temporary_search_parameters(index, {"nprobe": 5}):
+            assert fi.search_parameters(index) == {"nprobe": 5}
+            raise RuntimeError("inside")
+    assert fi.search_parameters(index) == {"nprobe": 2}
+    with fi.temporary_search_parameters(index, None):
+        assert fi.search_parameters(index) == {"nprobe": 2}
+    with pytest.raises(OmniferError, match="efSearch") as exc:
+        fi.set_search_parameters(index, efSearch=16)
+    assert_one_line(exc)
+    assert not fi.is_gpu_index(index) and fi.to_cpu(index) is index
+    assert fi.to_gpu(index, []) is None
 
 def test_build_is_seeded_and_takes_float16():
     x = clustered_unit(3000, 16, clusters=10, spread=1.0, seed=6)
@@ -166,7 +186,7 @@ def test_gpu_clone_failure_falls_back_to_cpu(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger=fi.__name__):
         index = fi.build_index(x, factory="HNSW8", device="auto")
     assert index.ntotal == 300 and "using the CPU" in caplog.text
-    assert fi._current_params(index) == {"efSearch": 128}
+    assert fi.search_parameters(index) == {"efSearch": 128}
 
 
 # ---------------------------------------------------------------- save and load
@@ -191,7 +211,7 @@ def test_ivf_round_trip_keeps_search_params(tmp_path):
     index = fi.build_index(x, factory="IVF8,SQ8", device="cpu")
     fi.write_index(index, tmp_path, factory="IVF8,SQ8", count=2000, dim=16)
     loaded, sidecar = fi.read_index(tmp_path)
-    assert sidecar["search_params"] == fi._current_params(loaded) == {"nprobe": 8}
+    assert sidecar["search_params"] == fi.search_parameters(loaded) == {"nprobe": 8}
 
 
 def test_corrupt_index_is_one_line_error(tmp_path, flat_case):

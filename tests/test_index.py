@@ -17,8 +17,10 @@ torch = pytest.importorskip("torch")
 
 from omnifer.errors import OmniferError  # noqa: E402
 from omnifer.models import ModelConfig, build_model, save_checkpoint  # noqa: E402
+from omnifer.models.embedder import Embedder  # noqa: E402
 from omnifer.pools import open_pool  # noqa: E402
-from omnifer.pools.embed import EmbedConfig, Embedder, embed_pool  # noqa: E402
+from omnifer.pools.embed_config import EmbedConfig  # noqa: E402
+from omnifer.pools.embed import embed_pool  # noqa: E402
 from omnifer.pools.index import gather  # noqa: E402
 
 
@@ -78,7 +80,8 @@ def test_workers_give_the_same_embeddings(pool, model_dir, tmp_path):
 KILLER = """
 import os, signal, sys
 from omnifer.pools import open_pool
-from omnifer.pools.embed import EmbedConfig, embed_pool
+from omnifer.pools.embed_config import EmbedConfig
+from omnifer.pools.embed import embed_pool
 cfg = EmbedConfig(**__import__("json").loads(sys.argv[1]))
 def progress(done, total):
     if done >= 40:
@@ -132,6 +135,17 @@ def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path):
     assert "\n" not in str(err.value)
 
 
+
+def test_unknown_engine_and_policy_are_one_line(pool, model_dir, tmp_path):
+    src, cfg = open_pool(pool), config_for(pool, model_dir)
+    for kwargs, words in (({"engine": "locl"}, ("'locl'", "local", "ray", "--engine")),
+                          ({"on_bad_files": "ignore"}, ("'ignore'", "skip"))):
+        with pytest.raises(OmniferError) as err:
+            embed_pool(src, tmp_path / "run", config=cfg, workers=0, **kwargs)
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words)
+    assert not (tmp_path / "run").exists()
+
+@pytest.mark.slow
 def test_cli_index_builds_a_flat_index(pool, tiny_synth, tmp_path, run_cli):
     pytest.importorskip("faiss")
     ws = tmp_path / "ws"
@@ -191,8 +205,8 @@ def test_fast_jpeg_decoding_matches_pil(tmp_path):
     from PIL import Image, ImageOps
 
     from omnifer.data.images import _decode_jpeg
-    from omnifer.pools.embed import decode
-    from omnifer.pools.sources import PoolItem
+    from omnifer.pools import PoolItem
+    from omnifer.pools.chunks import decode
 
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 255, (48, 30, 3), dtype=np.uint8)).resize((60, 96))

@@ -2,6 +2,7 @@
 and the ``omnifer mine`` command."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,7 @@ def indexed(tiny_synth, tmp_path_factory, omnifer_steps):
         ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_cli_mine_writes_a_dataset_the_trainer_reads(indexed, tiny_synth, run_cli):
     from omnifer.data import LabeledSet
 
@@ -215,6 +217,7 @@ def test_cli_mine_refuses_bad_input_without_writing(indexed, tiny_synth, tmp_pat
     assert sorted((ws / ".omnifer/runs").glob("mine/*")) == before
 
 
+@pytest.mark.slow
 def test_cli_mine_exports_images_of_an_archive_pool(indexed, tiny_synth, tmp_path, run_cli):
     """A RecordIO pool cannot be opened by path: the mined images are written into the run,
     byte for byte."""
@@ -237,6 +240,7 @@ def test_cli_mine_exports_images_of_an_archive_pool(indexed, tiny_synth, tmp_pat
         assert open(image, "rb").read() in originals
 
 
+@pytest.mark.slow
 def test_cli_mine_exports_aligned_faces_of_a_detected_pool(indexed, tiny_synth, tmp_path,
                                                             run_cli):
     pytest.importorskip("onnxruntime")
@@ -259,4 +263,6 @@ def test_cli_mine_exports_aligned_faces_of_a_detected_pool(indexed, tiny_synth, 
     assert len(mined) == 1 and LabeledSet.load(m["dataset"]).table["image"][0].endswith(".png")
     ids = pd.read_parquet(ws / ".omnifer/runs" / r["run"] / "ids.parquet")
     expect = align_face(data.astronaut(), np.asarray(ids["landmarks"][0]).reshape(5, 2))
-    assert np.array_equal(np.asarray(Image.open(mined["image"][0])), expect)
+    # images in the workspace are stored relative to the table's folder
+    image = Path(m["dataset"]).parent / mined["image"][0]
+    assert np.array_equal(np.asarray(Image.open(image)), expect)

@@ -153,8 +153,10 @@ def test_torch_path_matches_numpy(monkeypatch):
     pool, labeled, labels = clustered()
     cpu = evidence(pool, labeled, labels, C, k=K, score="vote", floor=0.5, device="cpu")
     ref = near_duplicates(pool, labeled, threshold=0.9, device="cpu")
-    monkeypatch.setattr(engine, "_scorer",
-                        lambda columns, device: engine._TorchScorer(columns, torch.device("cpu")))
+    from omnifer.mining import blocks
+
+    monkeypatch.setattr(engine, "make_scorer",
+                        lambda columns, device: blocks.TorchScorer(columns, torch.device("cpu")))
     ev = evidence(pool, labeled, labels, C, k=K, score="vote", floor=0.5, block=64)
     np.testing.assert_array_equal(ev.rows, cpu.rows)
     np.testing.assert_array_equal(ev.neighbours, cpu.neighbours)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from omnifer.errors import OmniferError
 from omnifer.pools import (
+    DETECTION_ORDER,
     IMAGE_EXTENSIONS,
     POOL_SOURCES,
     PoolItem,
@@ -24,6 +25,7 @@ from omnifer.pools import (
     write_recordio,
 )
 from omnifer.pools.recordio import MAGIC, MAGIC_BYTES, pack_payload, read_index
+from omnifer.pools.source import detection_order
 
 LABELS = [0.0, 0.0, 1.0, 1.0, 2.0]
 
@@ -374,8 +376,10 @@ def test_most_specific_rule_wins_and_forcing(tmp_path, images):
     assert [it.data for it in read_all(open_pool(tmp_path))] == [images[1]]
     forced = open_pool(tmp_path, source="Folder")
     assert forced.keys() == ["img.jpg"]
-    assert list(POOL_SOURCES) == ["recordio", "tsv", "parquet", "hf", "webdataset", "video",
-                                  "folder"]
+    assert DETECTION_ORDER == ("recordio", "tsv", "parquet", "hf", "webdataset", "video",
+                               "folder")
+    assert detection_order() == list(DETECTION_ORDER)
+    assert set(POOL_SOURCES) == set(DETECTION_ORDER)
 
 
 def test_user_errors_are_one_line(tmp_path):
@@ -383,7 +387,8 @@ def test_user_errors_are_one_line(tmp_path):
     msg = one_line_error(lambda: open_pool(tmp_path), str(tmp_path), "source=")
     assert all(name in msg for name in POOL_SOURCES)
     one_line_error(lambda: open_pool(tmp_path / "nope"), "does not exist")
-    one_line_error(lambda: open_pool(tmp_path, source="lmdb"), "'lmdb'", "recordio", "folder")
+    one_line_error(lambda: open_pool(tmp_path, source="lmdb"), "'lmdb'", "recordio", "folder",
+                   "--source")
     one_line_error(lambda: open_pool(tmp_path, source="folder", colum=1), "'colum'", "no options")
     one_line_error(lambda: open_pool(tmp_path, source="tsv", colum=1), "'colum'", "column")
     one_line_error(lambda: open_pool(tmp_path, source="tsv"), ".tsv", "tsv source")

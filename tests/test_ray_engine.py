@@ -12,10 +12,13 @@ torch = pytest.importorskip("torch")
 
 from omnifer.errors import OmniferError  # noqa: E402
 from omnifer.models import ModelConfig, build_model, save_checkpoint  # noqa: E402
+from omnifer.models.embedder import Embedder  # noqa: E402
 from omnifer.pools import open_pool  # noqa: E402
-from omnifer.pools.embed import EmbedConfig, Embedder, embed_pool, read_chunk  # noqa: E402
+from omnifer.pools.chunks import read_chunk  # noqa: E402
+from omnifer.pools.embed_config import EmbedConfig  # noqa: E402
+from omnifer.pools.embed import embed_pool  # noqa: E402
+from omnifer.pools.engines.ray import ray_chunks  # noqa: E402
 from omnifer.pools.index import gather  # noqa: E402
-from omnifer.pools.ray_engine import ray_chunks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,7 @@ def setup(tmp_path_factory):
     return pool, config
 
 
+@pytest.mark.slow
 def test_ray_engine_matches_local_engine(ray_local, setup, tmp_path):
     pool, config = setup
     src = open_pool(pool)
@@ -71,6 +75,7 @@ def test_ray_engine_matches_local_engine(ray_local, setup, tmp_path):
     assert np.allclose(ray[1].astype(np.float32), local[1].astype(np.float32), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_ray_chunks_are_read_chunk_and_embedder_in_order(ray_local, setup):
     pool, config = setup
     src = open_pool(pool)

@@ -16,7 +16,7 @@ from omnifer.errors import OmniferError
 from omnifer.labels import EXPRESSIONS
 from omnifer.synth import AUS, PRESETS, generate, make_identities, resolve_config, sample_faces
 from omnifer.synth.faces import AU_INDEX, ExpressionParams, sample_expression_labels
-from omnifer.synth.generate import _sample_rows
+from omnifer.synth.sampling import sample_rows
 from omnifer.synth.render import RenderParams, render_face
 
 
@@ -167,7 +167,7 @@ def test_valence_arousal_range_and_class_structure(tiny):
 def test_distractor_rates_roughly_as_configured():
     cfg = resolve_config("tiny", pool_nonface_rate=0.2, pool_occluded_rate=0.1, pool_blend_rate=0.15)
     ids = make_identities(10, np.random.default_rng(0))
-    rows = _sample_rows(np.random.default_rng(1), 20000, cfg, "pool", 0, ids, shifted=False)
+    rows = sample_rows(np.random.default_rng(1), 20000, cfg, "pool", 0, ids, shifted=False)
     rates = np.bincount(rows["kind"], minlength=4) / 20000
     assert rates[1:] == pytest.approx([0.2, 0.1, 0.15], abs=0.015)
     faces = rows["kind"] != 1

@@ -8,10 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from omnifer.data import read_labeled  # noqa: E402
+from omnifer.data.batches import augment  # noqa: E402
+from omnifer.data.cache import decoded_images  # noqa: E402
 from omnifer.errors import OmniferError  # noqa: E402
 from omnifer.train import TrainConfig, load_models, split_validation, train  # noqa: E402
 from omnifer.train.evaluate import evaluate_models  # noqa: E402
-from omnifer.train.images import augment, decoded_images  # noqa: E402
 
 FAST = dict(backbone="convnet", input_size=32, epochs=2, batch_size=16, val_fraction=0.3,
             patience=0, device="cpu")
@@ -158,6 +159,7 @@ def test_evaluate_writes_metrics_and_plots(teacher, tiny_synth, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["va"]["n"] == len(test)
 
 
+@pytest.mark.slow
 def test_cli_train_student_evaluate(tiny_synth, tmp_path, run_cli):
     ws = tmp_path / "ws"
     common = ["--backbone", "convnet", "--size", "32", "--epochs", "1", "--batch-size", "16",
@@ -193,6 +195,7 @@ def test_cli_errors_are_one_line(tiny_synth, tmp_path, run_cli):
     assert code == 1 and "no --data given" in err
 
 
+@pytest.mark.slow
 def test_cli_interrupted_train_resumes_the_same_run(tiny_synth, tmp_path, run_cli, monkeypatch):
     import omnifer.cli.train as cli_train
 

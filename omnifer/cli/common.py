@@ -1,13 +1,11 @@
-"""What every command shares: the workspace, JSON output and progress bars."""
+"""What every command shares: the workspace, JSON output, progress bars and ``--config``."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -33,51 +31,28 @@ class Context:
         else:
             click.echo(text)
 
-    @contextmanager
-    def progress(self, desc: str, unit: str = "it") -> Iterator[Callable[[int, int], None]]:
-        """A progress bar on stderr driven by a ``callback(done, total)``."""
-        from tqdm import tqdm
+    def progress(self, desc: str, unit: str = "it") -> AbstractContextManager[Callable[[int, int], None]]:
+        """A progress bar on stderr (none with ``--quiet``), for ``pipeline`` functions."""
+        from omnifer.pipeline.progress import tqdm_progress
 
-        bar = tqdm(desc=desc, unit=unit, file=sys.stderr, disable=self.quiet or None,
-                   dynamic_ncols=True, smoothing=0.1)
-
-        def update(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        try:
-            yield update
-        finally:
-            bar.close()
+        return tqdm_progress(desc, unit, disable=self.quiet or None)
 
 
-def embed_images(ctx: Context, ws: Any, data: Any, model: Path, device: str, what: str) -> Any:
-    """The model's embeddings of a labeled set's images (cached per model and image list)."""
-    import numpy as np
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE.toml``: the stage's options from a file; flags given override it."""
+    return click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                        help="TOML file of this stage's options (flags given here override "
+                             "it).")(fn)
 
-    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
-    from omnifer.cli.train import cache_dir
-    from omnifer.models import read_model_config
-    from omnifer.pools.embed import Embedder
-    from omnifer.train import decoded_images
-    from omnifer.train.images import cache_key
 
-    size = read_model_config(model).input_size
-    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
-                       "images": cache_key(data, size)})
-    path = ws.runs_dir.parent / "cache" / "embeddings" / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    with ctx.progress(what, unit="img") as bar:
-        images = decoded_images(data, size, cache_dir(ws), progress=bar)
-    embedder = Embedder(model, device=device, batch_size=64)
-    emb = np.concatenate([embedder(images[i:i + 1024]) for i in range(0, len(images), 1024)]
-                         or [np.zeros((0, embedder.dim), np.float16)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, emb)
-    return emb
+def make_config(cls: Any, config_file: str | None, **flags: Any) -> Any:
+    """``cls`` from the defaults, then ``config_file``, then the flags that were given."""
+    return cls.from_toml(config_file).replace(**flags)
+
+
+def bad_files_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--on-bad-files", type=click.Choice(["error", "warn", "skip"]),
+                        default=None, help="What an unreadable image does.")(fn)
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -2,49 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from omnifer.cli.common import Context, pass_ctx
-from omnifer.cli.train import cache_dir, default_data, read_data
+from omnifer.cli.common import Context, bad_files_option, config_option, make_config, pass_ctx
+from omnifer.train.config import EvaluateConfig as D
 
 
 @click.command("evaluate")
 @click.argument("run_ref", required=False, metavar="[RUN]")
 @click.option("--data", default=None,
               help="Labeled test data [default: the latest synth run's test.toml].")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--on-bad-files", type=click.Choice(["error", "warn", "skip"]), default=None)
+@config_option
+@click.option("--batch-size", type=int, default=None, help=f"Batch size [{D.batch_size}].")
+@click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N [{D.device}].")
+@bad_files_option
 @pass_ctx
-def command(ctx: Context, run_ref: str | None, data: str | None, batch_size: int, device: str,
-            on_bad_files: str | None) -> None:
+def command(ctx: Context, run_ref: str | None, data: str | None, config_file: str | None,
+            **options: Any) -> None:
     """Evaluate a train run (all ensemble members) or a checkpoint on labeled data."""
-    from omnifer.train import decoded_images, evaluate_models, load_models, resolve_device
+    from omnifer import pipeline
 
-    ws = ctx.workspace
-    path = Path(run_ref) if run_ref and Path(run_ref).exists() else \
-        ws.resolve(run_ref, "train", hint="train a model first: omnifer train").path
-    dev = resolve_device(device)
-    models = load_models(path, device=dev)
-    data = default_data(ws, data, "test")
-    with ctx.progress("reading data", unit="img") as bar:
-        labeled = read_data(ws, data, on_bad_files=on_bad_files, progress=bar)
-    config = {"model": str(path.resolve()), "data": str(Path(data).resolve())}
-    with ws.start_run("evaluate", config=config, inputs={"model": path, "data": data},
-                      device=str(dev), resume=False) as run:
-        with ctx.progress("decoding", unit="img") as bar:
-            images = decoded_images(labeled, models[0].config.input_size, cache_dir(ws),
-                                    progress=bar)
-        result = evaluate_models(models, labeled, images, run.path, device=dev,
-                                 batch_size=batch_size)
-        run.complete(outputs=result["files"], counts={"samples": len(labeled)})
-    ctx.emit({"run": f"evaluate/{run.run_id}", "model": str(path), **result},
-             "\n".join([f"evaluated {path} on {data} ({len(labeled)} samples, "
-                        f"{len(models)} member(s)); run evaluate/{run.run_id}",
-                        *report_lines(result)]))
+    rec = pipeline.evaluate(ctx.workspace, make_config(D, config_file, **options),
+                            model=run_ref, data=data, progress=ctx.progress)
+    files = {k: str(v) for k, v in rec.run.outputs.items()}
+    model, data = (ctx.workspace.locate(rec.inputs[k]["path"]) for k in ("model", "data"))
+    ctx.emit({"run": rec.ref, "model": model, **rec.results, "files": files},
+             "\n".join([f"evaluated {model} on {data} ({rec.counts['samples']} samples, "
+                        f"{rec.members} member(s)); run {rec.ref}",
+                        *report_lines(rec.results), *[f"  wrote {v}" for v in files.values()]]))
 
 
 def report_lines(r: dict[str, Any]) -> list[str]:
@@ -68,5 +55,4 @@ def report_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"  AUs  n={a['n']}  mean F1 {a['f1_mean']:.4f}  "
                      f"(chance: always present {a['chance']['f1_mean']:.3f})")
         lines.append("  F1 per AU: " + "  ".join(f"{k} {v:.3f}" for k, v in a["f1_per_au"].items()))
-    lines += [f"  wrote {v}" for v in r.get("files", {}).values()]
     return lines

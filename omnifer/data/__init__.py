@@ -1,10 +1,14 @@
-"""Labeled FER data: readers (class folders, CSV/Parquet manifests, saved ``datasets``),
-TOML mixtures, and the sample table they all return (:class:`LabeledSet`).
+"""Labeled FER data: readers (class folders, CSV/Parquet manifests, saved ``datasets``; one
+module per format in :mod:`omnifer.data.formats`), TOML mixtures, the sample table they all
+return (:class:`LabeledSet`), the ``on_bad_files`` policy, and the training image cache
+(:mod:`omnifer.data.cache`) and batches (:mod:`omnifer.data.batches`, which imports torch).
 
-``import omnifer.data`` does not import torch or datasets; ``omnifer.data.torch`` holds the
-torch ``FaceDataset``.
+``import omnifer.data`` does not import torch or datasets.
 """
 
+from omnifer.data import formats  # noqa: F401 - registers every format's reader
+from omnifer.data.badfiles import ON_BAD_FILES, check_policy
+from omnifer.data.formats.toml import read_spec
 from omnifer.data.images import IMAGE_EXTENSIONS, load_image
 from omnifer.data.readers import (
     READERS,
@@ -13,8 +17,7 @@ from omnifer.data.readers import (
     read_labeled,
     register_reader,
 )
-from omnifer.data.spec import read_spec
-from omnifer.data.table import ON_BAD_FILES, BadFile, LabeledSet, combine, make_table
+from omnifer.data.table import BadFile, LabeledSet, combine, make_table
 
 __all__ = [
     "BadFile",
@@ -22,6 +25,7 @@ __all__ = [
     "LabeledSet",
     "ON_BAD_FILES",
     "READERS",
+    "check_policy",
     "combine",
     "get_reader",
     "infer_format",

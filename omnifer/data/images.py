@@ -228,6 +228,11 @@ def _open_hf(directory: str) -> Any:
     return ds
 
 
+def clear_hf_cache() -> None:
+    """Forget the saved datasets opened so far (call after a folder was written anew)."""
+    _open_hf.cache_clear()
+
+
 def image_columns(ds: Any) -> list[str]:
     from datasets import Image as HFImage
 

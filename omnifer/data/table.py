@@ -31,9 +31,6 @@ METADATA_KEY = b"omnifer.labeled_set"
 #: Version of that metadata's layout.
 METADATA_VERSION = 1
 
-ON_BAD_FILES: tuple[str, ...] = ("error", "warn", "skip")
-
-
 @dataclass(frozen=True)
 class BadFile:
     """A row a reader dropped: where it was and why."""
@@ -58,14 +55,6 @@ def columns_for(aus: Sequence[str]) -> list[str]:
 
 def expression_vocabulary(has_contempt: bool) -> tuple[str, ...]:
     return EXPRESSIONS_WITH_CONTEMPT if has_contempt else EXPRESSIONS
-
-
-def empty_table(aus: Sequence[str] = ()) -> pd.DataFrame:
-    return make_table(
-        sample_id=[], image=[], source=[], expression=np.zeros(0, np.int16),
-        valence=np.zeros(0, np.float32), arousal=np.zeros(0, np.float32),
-        au={a: np.zeros(0, np.float32) for a in aus}, weight=np.zeros(0, np.float32),
-    )
 
 
 def make_table(
@@ -247,18 +236,24 @@ class LabeledSet:
             "bad": [dataclasses.asdict(b) for b in self.bad],
         }
 
-    def save(self, path: str | os.PathLike, *, extra: pd.DataFrame | None = None) -> Path:
+    def save(self, path: str | os.PathLike, *, extra: pd.DataFrame | None = None,
+             root: str | os.PathLike | None = None) -> Path:
         """Write the table to Parquet (atomically), vocabularies in the schema metadata.
 
         ``extra`` columns (one row per sample) are stored after the sample-table ones, e.g. the
-        provenance of mined samples; :meth:`load` ignores them.
+        provenance of mined samples; :meth:`load` ignores them. Image files under ``root`` (a
+        workspace) are stored relative to the table's folder, so the folders can move together.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from omnifer.artifacts import atomic_path
 
+        path = Path(path)
         frame = self.table
+        if root is not None:
+            frame = frame.assign(image=[relative_image(ref, path.parent, Path(root))
+                                        for ref in frame["image"]])
         if extra is not None:
             clash = sorted(set(extra.columns) & set(frame.columns))
             if clash or len(extra) != len(frame):
@@ -271,7 +266,6 @@ class LabeledSet:
         meta = dict(table.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(self.metadata()).encode("utf-8")
         table = table.replace_schema_metadata(meta)
-        path = Path(path)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return path
@@ -308,8 +302,11 @@ class LabeledSet:
         missing = [c for c in columns_for(aus) if c not in df.columns]
         if missing:
             raise OmniferError(f"{path} lacks the sample-table columns {missing}")
+        base = path.parent.resolve()
         df = make_table(
-            sample_id=df["sample_id"].tolist(), image=df["image"].tolist(),
+            sample_id=df["sample_id"].tolist(),
+            image=[ref if os.path.isabs(ref) or "::" in ref else os.path.normpath(base / ref)
+                   for ref in df["image"]],
             source=df["source"].tolist(),
             expression=pd.array(df["expression"], dtype="Int16"),
             valence=df["valence"].to_numpy(np.float32), arousal=df["arousal"].to_numpy(np.float32),
@@ -322,6 +319,17 @@ class LabeledSet:
             bad=tuple(BadFile(**b) for b in meta.get("bad", [])),
             sources=tuple(meta.get("sources", [])),
         )
+
+
+def relative_image(ref: str, folder: Path, root: Path) -> str:
+    """An image path as :meth:`LabeledSet.save` stores it: relative to ``folder`` when the
+    file lies under ``root``, unchanged otherwise (other files, ``dir::row`` references)."""
+    if "::" in ref or not os.path.isabs(ref):
+        return ref
+    resolved = Path(ref).resolve()
+    if root.resolve() not in resolved.parents:
+        return ref
+    return os.path.relpath(resolved, folder.resolve())
 
 
 def combine(sets: Sequence[LabeledSet]) -> LabeledSet:
@@ -359,4 +367,4 @@ def combine(sets: Sequence[LabeledSet]) -> LabeledSet:
     )
 
 
-__all__ = ["BadFile", "LabeledSet", "combine", "ON_BAD_FILES", "METADATA_KEY"]
+__all__ = ["BadFile", "LabeledSet", "combine", "METADATA_KEY"]

@@ -2,7 +2,10 @@
 
 Everything works on arrays (images ``[N, C, H, W]`` float32 in [0, 1], labels int64 ``[N]``):
 
-* :func:`distill` (methods ``dm``, ``gm``, ``tm``; registry :data:`METHODS`) -> :class:`Distilled`
+* :class:`DistillConfig`, :class:`DistillEvaluateConfig` -- the knobs of ``omnifer distill``
+  and ``omnifer distill evaluate``
+* :func:`distill` (methods ``dm``, ``gm``, ``tm``, one module each under ``methods/``; registry
+  :data:`METHODS`) -> :class:`Distilled`
 * :func:`train_experts` -- expert trajectories for ``tm``, cached on disk
 * coresets of the same size: :func:`random_subset`, :func:`herding`, :func:`k_center`
   (registry :data:`CORESETS`)
@@ -17,7 +20,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DEFAULT_STRATEGY": "augment", "NO_FLIP_STRATEGY": "augment", "dsa": "augment",
+    "DistillConfig": "config", "DistillEvaluateConfig": "config",
+    "DEFAULT_STRATEGY": "strategy", "NO_FLIP_STRATEGY": "strategy", "dsa": "augment",
     "ConvNet": "networks", "build_convnet": "networks", "functional_forward": "networks",
     "Distilled": "methods", "METHODS": "methods", "distill": "methods",
     "train_experts": "methods", "trajectory_gradient": "methods",

@@ -14,8 +14,12 @@ from collections.abc import Callable
 import numpy as np
 
 from omnifer.errors import OmniferError
+from omnifer.registry import Registry
 
 Selector = Callable[..., np.ndarray]
+
+#: Coreset selectors by name.
+CORESETS: Registry[Selector] = Registry("coreset")
 
 
 def check_labels(labels: object, images_per_class: int | None,
@@ -67,6 +71,7 @@ def _embeddings(embeddings: object, n: int, name: str) -> np.ndarray:
     return e
 
 
+@CORESETS.register("random")
 def random_subset(embeddings: object, labels: object, images_per_class: int, *,
                   seed: int = 0) -> np.ndarray:
     """``images_per_class`` samples of each class drawn uniformly without replacement."""
@@ -76,6 +81,7 @@ def random_subset(embeddings: object, labels: object, images_per_class: int, *,
                            for c in range(k)]).astype(np.int64)
 
 
+@CORESETS.register("herding")
 def herding(embeddings: object, labels: object, images_per_class: int, *,
             seed: int = 0) -> np.ndarray:
     """Greedy mean matching per class: each pick brings the running mean closest to the class mean.
@@ -101,6 +107,7 @@ def herding(embeddings: object, labels: object, images_per_class: int, *,
     return np.asarray(out, dtype=np.int64)
 
 
+@CORESETS.register("k-center")
 def k_center(embeddings: object, labels: object, images_per_class: int, *,
              seed: int = 0) -> np.ndarray:
     """Greedy farthest-first traversal per class (a 2-approximation of the k-center cover).
@@ -124,13 +131,7 @@ def k_center(embeddings: object, labels: object, images_per_class: int, *,
     return np.asarray(out, dtype=np.int64)
 
 
-#: Coreset selectors by name.
-CORESETS: dict[str, Selector] = {"random": random_subset, "herding": herding, "k-center": k_center}
-
-
 def select_coreset(name: str, embeddings: object, labels: object, images_per_class: int, *,
                    seed: int = 0) -> np.ndarray:
     """Indices chosen by the coreset method ``name`` (see :data:`CORESETS`)."""
-    if name not in CORESETS:
-        raise OmniferError(f"unknown coreset {name!r}; choose one of: {', '.join(CORESETS)}")
-    return CORESETS[name](embeddings, labels, images_per_class, seed=seed)
+    return CORESETS.get(name)(embeddings, labels, images_per_class, seed=seed)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifer.distill.augment import DEFAULT_STRATEGY, parse_strategy
+from omnifer.distill.strategy import DEFAULT_STRATEGY, parse_strategy
 from omnifer.errors import OmniferError
 
 
@@ -52,7 +52,7 @@ def evaluate_sets(train_sets: Mapping[str, Any], test: tuple[Any, Any], *, n_cla
     from omnifer.distill.networks import (build_convnet, channel_stats, check_data, predict,
                                           train_network)
     from omnifer.metrics import accuracy, macro_f1
-    from omnifer.models import resolve_device
+    from omnifer.device import resolve_device
 
     if int(seeds) < 1:
         raise OmniferError(f"seeds is {seeds}; pass 1 or more")

@@ -33,7 +33,6 @@ load only inside the functions that use them.
 from __future__ import annotations
 
 import logging
-import mmap
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -41,14 +40,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from omnifer.errors import OmniferError
+from omnifer.mining.blocks import block_size, blocks, make_scorer
 
 log = logging.getLogger(__name__)
 
 #: The class-evidence scores ``evidence`` knows.
 SCORES = ("max", "mean", "vote")
-#: Target size of one block's score matrix, and the smallest block.
-BLOCK_BYTES = 64 << 20
-MIN_BLOCK = 256
 #: ``candidates_from_index`` searches this far below the floor, so that float rounding in FAISS
 #: never drops a row the exact pass keeps; ``evidence(rows=...)`` then decides exactly.
 FLOAT_SLACK = 1e-4
@@ -129,11 +126,11 @@ def evidence(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, n_classe
     if prototypes:
         columns = np.concatenate([columns, lab.prototypes()])
     floor_cols = slice(lab.m, None) if prototypes else slice(0, lab.m)
-    block = _block_size(block, len(columns))
-    scorer = _scorer(columns, device)
+    block = block_size(block, len(columns))
+    scorer = make_scorer(columns, device)
 
     parts = []
-    for ids, xb in _blocks(x, rows, block, progress):
+    for ids, xb in blocks(x, rows, block, progress):
         keep = _kept(scorer.rowmax(xb, floor_cols), floor, ids)
         if len(keep):
             parts.append((ids[keep], *_score_rows(scorer.take(keep), lab, k, score, prototypes)))
@@ -169,26 +166,23 @@ def candidates_from_index(index: Any, labeled: np.ndarray, floor: float, *,
     whose k-th neighbour still reaches the floor; queries truncated at ``GPU_MAX_K`` are
     counted in a warning. ``params`` (``nprobe``, ``efSearch``) hold for this call only.
     """
-    from omnifer.pools import faiss_index as fi
+    from omnifer.device import faiss_gpus
+    from omnifer.pools.faiss_index import (GPU_MAX_K, is_gpu_index, temporary_search_parameters,
+                                           to_gpu)
 
     q = _check_matrix(labeled, "labeled", dim=index.d)
     radius = _check_real("floor", floor) - FLOAT_SLACK
     _check_int("k_start", k_start)
     _check_int("block", block)
-    gpus = fi._gpu_ids(device)
-    previous = fi._current_params(index)
-    restore = {name: previous[name] for name in params or {} if name in previous}
-    try:
-        fi._set_params(index, params or {})
-        runner = index if fi._is_gpu_index(index) else fi._to_gpu(index, gpus)
+    gpus = faiss_gpus(device)
+    with temporary_search_parameters(index, params):
+        runner = index if is_gpu_index(index) else to_gpu(index, gpus)
         if runner is not None:
-            return _knn_range(runner, q, radius, k_start, fi.GPU_MAX_K, block)
+            return _knn_range(runner, q, radius, k_start, GPU_MAX_K, block)
         try:
             return _range(index, q, radius, block)
         except RuntimeError:  # an index type without range search
             return _knn_range(index, q, radius, k_start, index.ntotal, block)
-    finally:
-        fi._set_params(index, restore)
 
 
 def near_duplicates(pool: np.ndarray, reference: np.ndarray, *, threshold: float = 0.98,
@@ -201,10 +195,10 @@ def near_duplicates(pool: np.ndarray, reference: np.ndarray, *, threshold: float
     if not -1 <= threshold <= 1:
         raise OmniferError(f"threshold {threshold} is outside [-1, 1]; cosine thresholds lie in "
                            "[-1, 1], e.g. 0.98")
-    block = _block_size(block, len(ref))
-    scorer = _scorer(ref, device)
+    block = block_size(block, len(ref))
+    scorer = make_scorer(ref, device)
     out = np.zeros(len(x), dtype=bool)
-    for ids, xb in _blocks(x, None, block, progress):
+    for ids, xb in blocks(x, None, block, progress):
         out[ids] = _kept(scorer.rowmax(xb, slice(None)), threshold, ids, mask=True)
     return out
 
@@ -288,105 +282,6 @@ def _mean_top(s: np.ndarray, k: int) -> np.ndarray:
     if k < s.shape[1]:
         s = np.partition(s, s.shape[1] - k, axis=1)[:, -k:]
     return s.mean(axis=1, dtype=np.float64)
-
-
-# ---------------------------------------------------------------- blocks and matmuls
-
-def _blocks(x: np.ndarray, rows: np.ndarray | None, block: int,
-            progress: Progress | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(pool row ids, rows of x) ``block`` rows at a time."""
-    total = len(x) if rows is None else len(rows)
-    for start in range(0, total, block):
-        stop = min(start + block, total)
-        if rows is None:
-            ids = np.arange(start, stop, dtype=np.int64)
-            yield ids, x[start:stop]
-        else:
-            ids = rows[start:stop]
-            yield ids, x[ids]
-        if len(ids):
-            _release_pages(x, int(ids[0]), int(ids[-1]) + 1)
-        if progress is not None:
-            progress(stop, total)
-
-
-def _release_pages(x: np.ndarray, start: int, stop: int) -> None:
-    """Drop rows start..stop of a memory-mapped ``x`` from this process's resident memory (the
-    page cache keeps them), so that a pass over a large file does not grow RSS."""
-    mm = getattr(x, "_mmap", None)
-    if mm is None or getattr(x, "mode", "c") == "c" or not x.flags.c_contiguous:
-        return  # not a shared file mapping: its pages hold the only copy
-    try:
-        base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
-        row = x.strides[0]
-        lo = x.ctypes.data - base + start * row
-        hi = x.ctypes.data - base + stop * row
-        lo -= lo % mmap.PAGESIZE
-        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    except (AttributeError, OSError, ValueError):  # no madvise here: only memory use suffers
-        pass
-
-
-def _block_size(block: int | None, columns: int) -> int:
-    if block is None:
-        return max(MIN_BLOCK, BLOCK_BYTES // (4 * columns))
-    _check_int("block", block)
-    return block
-
-
-def _scorer(columns: np.ndarray, device: str) -> Any:
-    """Scores blocks against ``columns``: ``rowmax(x, cols)`` computes a block's score matrix
-    and returns each row's max over the columns ``cols``; ``take(keep)`` returns kept rows."""
-    text = str(device).strip().lower()
-    if text == "cpu":
-        return _NumpyScorer(columns)
-    from omnifer.models.checkpoint import resolve_device  # imports torch
-
-    dev = resolve_device(text)
-    return _NumpyScorer(columns) if dev.type == "cpu" else _TorchScorer(columns, dev)
-
-
-class _NumpyScorer:
-    """float32 numpy matmul into buffers reused across blocks."""
-
-    def __init__(self, columns: np.ndarray) -> None:
-        self.t = columns.T
-        self.x = self.buf = self.s = np.empty((0, 0), dtype=np.float32)
-
-    def rowmax(self, x: np.ndarray, cols: slice) -> np.ndarray:
-        if len(self.x) < len(x):  # the first block is the largest
-            self.x = np.empty((len(x), self.t.shape[0]), dtype=np.float32)
-            self.buf = np.empty((len(x), self.t.shape[1]), dtype=np.float32)
-        xb = self.x[:len(x)]
-        xb[...] = x
-        self.s = np.matmul(xb, self.t, out=self.buf[:len(x)])
-        return self.s[:, cols].max(axis=1)
-
-    def take(self, keep: np.ndarray) -> np.ndarray:
-        return self.s[keep]
-
-
-class _TorchScorer:
-    """float32 torch matmul on ``device``; row maxima and kept rows come back to the host."""
-
-    def __init__(self, columns: np.ndarray, device: Any) -> None:
-        import torch
-
-        self.torch, self.device = torch, device
-        self.t = torch.from_numpy(np.ascontiguousarray(columns)).to(device).T
-
-    def rowmax(self, x: np.ndarray, cols: slice) -> np.ndarray:
-        torch = self.torch
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as on the CPU
-        try:
-            self.s = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).float() @ self.t
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-        return self.s[:, cols].amax(dim=1).cpu().numpy()
-
-    def take(self, keep: np.ndarray) -> np.ndarray:
-        return self.s[self.torch.from_numpy(keep).to(self.device)].cpu().numpy()
 
 
 # ---------------------------------------------------------------- index search

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from omnifer.config import StageConfig
+from omnifer.device import parse_device
 from omnifer.errors import OmniferError
 from omnifer.mining.engine import SCORES, Evidence, evidence, near_duplicates, select
 
@@ -24,8 +26,10 @@ MIN_SUPPORT = 10
 
 
 @dataclass(frozen=True)
-class MineConfig:
-    """What decides a mined set (CLI flags fill the same fields)."""
+class MineConfig(StageConfig):
+    """What decides a mined set (CLI flags and ``--config`` files fill the same fields)."""
+
+    section: ClassVar[str] = "mine"
 
     threshold: float | None = 0.9  #: cosine; with target_precision, a floor (None: no floor)
     margin: float = 0.0  #: best class evidence minus the second's
@@ -49,6 +53,7 @@ class MineConfig:
 
         if self.threshold is None and self.target_precision is None:
             raise OmniferError("give --threshold (e.g. 0.9) or --target-precision (e.g. 0.95)")
+        parse_device(self.device)
         for name in ("threshold", "leak_threshold"):
             value = getattr(self, name)
             if value is not None and not -1.0 <= value <= 1.0:

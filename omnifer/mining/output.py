@@ -94,7 +94,7 @@ def export_images(source: Any, rows: pd.DataFrame, out_dir: str | Path, *, detec
 
 def _crop(item: Any, landmarks: Any) -> np.ndarray:
     from omnifer.errors import OmniferError
-    from omnifer.pools.embed import decode
+    from omnifer.pools.chunks import decode
 
     image, reason = decode(item)
     if image is None:

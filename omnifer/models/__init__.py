@@ -6,8 +6,9 @@ Importing this package imports torch; torchvision loads inside the backbone fact
 from __future__ import annotations
 
 from omnifer.models.backbones import BACKBONES, build_backbone, register_backbone
+from omnifer.device import resolve_device
 from omnifer.models.checkpoint import (load_checkpoint, load_models, read_model_config,
-                                       resolve_device, save_checkpoint)
+                                       save_checkpoint)
 from omnifer.models.model import (
     ModelConfig,
     MultitaskModel,

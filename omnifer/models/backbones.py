@@ -11,36 +11,27 @@ from collections.abc import Callable
 
 from torch import nn
 
-from omnifer.errors import OmniferError
+from omnifer.registry import Registry
 
 BackboneFactory = Callable[..., "tuple[nn.Module, int]"]
 
 #: Registered backbone factories by name.
-BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator: register ``fn(*, input_size) -> (module, feature_dim)`` under ``name``."""
-
-    def decorate(fn: BackboneFactory) -> BackboneFactory:
-        BACKBONES[name] = fn
-        return fn
-
-    return decorate
+    return BACKBONES.register(name)
 
 
 def check_backbone_name(name: str) -> str:
     """Return ``name`` if it is registered, else raise an error listing the valid names."""
-    if name not in BACKBONES:
-        raise OmniferError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}"
-        )
-    return name
+    return BACKBONES.check(name)
 
 
 def build_backbone(name: str, *, input_size: int = 112) -> tuple[nn.Module, int]:
     """Build the backbone ``name`` for square images of ``input_size`` pixels."""
-    module, dim = BACKBONES[check_backbone_name(name)](input_size=int(input_size))
+    module, dim = BACKBONES.get(name)(input_size=int(input_size))
     return module, int(dim)
 
 

@@ -142,19 +142,6 @@ def _unreadable(path: str | os.PathLike, what: str) -> OmniferError:
     return OmniferError(f"checkpoint {path} is unreadable: {what}; {_FIX}")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OmniferError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OmniferError(f"device {device!r} asked for but CUDA is not available; use cpu")
-    return dev
-
-
 def load_models(path: str | Path, *, device: str | torch.device = "cpu") -> list[MultitaskModel]:
     """The models of a checkpoint directory or of a train run (every ensemble member)."""
     path = Path(path)

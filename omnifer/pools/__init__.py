@@ -1,13 +1,15 @@
 """Unlabeled face pools: sources that list and read every form a pool comes in.
 
-``import omnifer.pools`` stays cheap: pyarrow, datasets and PyAV load only when a source
-that needs them reads.
+``import omnifer.pools`` registers the built-in formats (``omnifer.pools.formats``) and stays
+cheap: pyarrow, datasets and PyAV load only when a source that needs them reads.
 """
 
 from __future__ import annotations
 
+from omnifer.pools import formats  # noqa: F401  (registers the built-in sources)
 from omnifer.pools.recordio import write_recordio
-from omnifer.pools.sources import (
+from omnifer.pools.source import (
+    DETECTION_ORDER,
     IMAGE_EXTENSIONS,
     POOL_SOURCES,
     VIDEO_EXTENSIONS,
@@ -21,6 +23,7 @@ from omnifer.pools.sources import (
 )
 
 __all__ = [
+    "DETECTION_ORDER",
     "IMAGE_EXTENSIONS",
     "POOL_SOURCES",
     "VIDEO_EXTENSIONS",

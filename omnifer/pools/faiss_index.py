@@ -13,8 +13,11 @@ the pool size (``choose_factory``):
 
 Indexes are built on the GPU when FAISS sees one (``device="auto"``) and always returned and
 written CPU-side. ``exact_knn`` is the brute-force reference that approximate results are
-checked against. faiss loads inside the functions that need it, so importing this module is
-cheap.
+checked against. ``search_parameters``, ``set_search_parameters`` and
+``temporary_search_parameters`` read and set ``nprobe``/``efSearch``; ``to_gpu``, ``to_cpu``
+and ``is_gpu_index`` move indexes between devices, on the GPU ids that
+``omnifer.device.faiss_gpus`` gives for a device string. faiss loads inside the functions that
+need it, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omnifer.artifacts import atomic_path, atomic_write_json, read_json
+from omnifer.device import faiss_gpus
 from omnifer.errors import OmniferError, one_line
 
 log = logging.getLogger(__name__)
@@ -88,53 +94,38 @@ def resolve_gpus(device: str = "auto") -> int:
 
     0 for ``cpu`` or when FAISS sees no GPU (faiss-cpu); ``auto`` and ``cuda`` use all visible.
     """
-    return len(_gpu_ids(device))
+    return len(faiss_gpus(device))
 
 
-def _gpu_ids(device: str) -> list[int]:
-    text = str(device).strip().lower()
-    match = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", text)
-    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
-        raise OmniferError(f"device {device!r} is not understood; use auto, cpu, cuda or cuda:N")
-    if match.group(1) == "cpu":
-        return []
-    import faiss
-
-    available = faiss.get_num_gpus()
-    if available == 0:
-        if match.group(1) == "cuda":
-            log.warning("device %s asked for, but FAISS sees no GPU (faiss-cpu installed?); "
-                        "the index runs on the CPU", device)
-        return []
-    if match.group(2) is None:
-        return list(range(available))
-    gpu = int(match.group(2))
-    if gpu >= available:
-        raise OmniferError(f"device {device!r} names GPU {gpu}, but FAISS sees {available} GPU(s); "
-                           f"use cuda:0 to cuda:{available - 1}, cuda or auto")
-    return [gpu]
-
-
-def _to_gpu(index: Any, gpus: list[int]) -> Any | None:
-    """A GPU copy of CPU ``index`` on ``gpus``, or None when none is asked for or FAISS has
-    no GPU version of this index type (the caller then stays on the CPU)."""
+def to_gpu(index: Any, gpus: Sequence[int]) -> Any | None:
+    """A GPU copy of CPU ``index`` on ``gpus`` (e.g. ``omnifer.device.faiss_gpus(device)``), or
+    None when ``gpus`` is empty or FAISS has no GPU version of this index type (the caller then
+    stays on the CPU, and a warning says so). The copy keeps the index's search parameters."""
     if not gpus:
         return None
     import faiss
 
     try:
-        return faiss.index_cpu_to_gpus_list(index, gpus=gpus)
+        return faiss.index_cpu_to_gpus_list(index, gpus=list(gpus))
     except RuntimeError as exc:
         log.warning("%s cannot run on the GPU (%s); using the CPU",
                     type(index).__name__, _faiss_message(exc))
         return None
 
 
-def _is_gpu_index(index: Any) -> bool:
+def to_cpu(index: Any) -> Any:
+    """A CPU copy of a GPU ``index``; a CPU index as it is."""
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index) if is_gpu_index(index) else index
+
+
+def is_gpu_index(index: Any) -> bool:
+    """Whether ``index`` lives on GPUs (one GPU, or replicas or shards over several)."""
     import faiss
 
     if isinstance(index, (faiss.IndexReplicas, faiss.IndexShards)):  # multi-GPU copies
-        return index.count() > 0 and _is_gpu_index(index.at(0))
+        return index.count() > 0 and is_gpu_index(index.at(0))
     return type(faiss.downcast_index(index)).__name__.startswith("Gpu")
 
 
@@ -165,7 +156,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", device: str = "au
         raise OmniferError(f"factory {factory!r} is not a FAISS index factory string "
                            f"({_faiss_message(exc)}); use 'auto', 'Flat' or e.g. 'IVF4096,SQ8'"
                            ) from None
-    gpu_index = _to_gpu(cpu_index, _gpu_ids(device))
+    gpu_index = to_gpu(cpu_index, faiss_gpus(device))
     index = cpu_index if gpu_index is None else gpu_index
     _warn_if_not_unit(x[:add_batch])
 
@@ -185,7 +176,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", device: str = "au
 
     if gpu_index is not None:
         index = faiss.index_gpu_to_cpu(gpu_index)
-    _set_params(index, default_search_params(factory, n))
+    set_search_parameters(index, **default_search_params(factory, n))
     return index
 
 
@@ -205,8 +196,7 @@ def write_index(index: Any, directory: str | os.PathLike, *, factory: str, count
     index path. GPU indexes are copied to the CPU first; both writes are atomic."""
     import faiss
 
-    if _is_gpu_index(index):
-        index = faiss.index_gpu_to_cpu(index)
+    index = to_cpu(index)
     if index.ntotal != count or index.d != dim:
         raise OmniferError(f"index holds {index.ntotal} vectors of dimension {index.d}, "
                            f"not count={count} dim={dim}; pass the index's own count and dim")
@@ -220,7 +210,7 @@ def write_index(index: Any, directory: str | os.PathLike, *, factory: str, count
         "similarity": "cosine (L2-normalised embeddings)",
         "dim": int(dim),
         "count": int(count),
-        "search_params": _current_params(index),
+        "search_params": search_parameters(index),
         "faiss_version": faiss.__version__,
         **(extra or {}),
     }
@@ -269,32 +259,43 @@ def search(index: Any, queries: np.ndarray, k: int, *, params: dict[str, int] | 
     q = _as_matrix(queries, "queries", dim=index.d)
     _check_count("k", k)
     _check_count("block", block)
-    gpus = _gpu_ids(device)
+    gpus = faiss_gpus(device)
     if gpus and k > GPU_MAX_K:
         log.warning("k=%d is above the GPU limit of %d; searching on the CPU", k, GPU_MAX_K)
         gpus = []
-    if _is_gpu_index(index):
+    if is_gpu_index(index):
         gpus = []  # searched where it is
-    previous = _current_params(index)
-    restore = {name: previous[name] for name in params or {} if name in previous}
-    try:
-        _set_params(index, params or {})
-        gpu_index = _to_gpu(index, gpus)  # the GPU copy keeps the settings just applied
+    with temporary_search_parameters(index, params):
+        gpu_index = to_gpu(index, gpus)  # the GPU copy keeps the settings just applied
         runner = index if gpu_index is None else gpu_index
         scores = np.empty((len(q), k), dtype=np.float32)
         ids = np.empty((len(q), k), dtype=np.int64)
         for start in range(0, len(q), block):
             part = np.ascontiguousarray(q[start:start + block], dtype=np.float32)
             scores[start:start + len(part)], ids[start:start + len(part)] = runner.search(part, k)
-    finally:
-        _set_params(index, restore)
     return scores, ids
 
 
-def _set_params(index: Any, params: dict[str, Any]) -> None:
+# ---------------------------------------------------------------- search parameters
+
+def search_parameters(index: Any) -> dict[str, int]:
+    """The search settings in effect on ``index``: ``{"nprobe": n}`` for IVF indexes,
+    ``{"efSearch": n}`` for HNSW ones, ``{}`` for exact ones."""
     import faiss
 
-    space = faiss.GpuParameterSpace() if _is_gpu_index(index) else faiss.ParameterSpace()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return {"nprobe": int(ivf.nprobe)}
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    return {"efSearch": int(hnsw.efSearch)} if hnsw is not None else {}
+
+
+def set_search_parameters(index: Any, /, **params: int) -> None:
+    """Set search settings on ``index`` (CPU or GPU), e.g. ``nprobe=64`` or ``efSearch=128``;
+    a value that is not a positive integer, or a name the index lacks, is a one-line error."""
+    import faiss
+
+    space = faiss.GpuParameterSpace() if is_gpu_index(index) else faiss.ParameterSpace()
     for name, value in params.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise OmniferError(f"search parameter {name}={value!r} must be a positive integer; "
@@ -307,15 +308,17 @@ def _set_params(index: Any, params: dict[str, Any]) -> None:
                                "for HNSW ones and none for Flat") from None
 
 
-def _current_params(index: Any) -> dict[str, int]:
-    """The search settings in effect on ``index`` (what ``default_search_params`` sets)."""
-    import faiss
-
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        return {"nprobe": int(ivf.nprobe)}
-    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-    return {"efSearch": int(hnsw.efSearch)} if hnsw is not None else {}
+@contextmanager
+def temporary_search_parameters(index: Any, params: dict[str, int] | None) -> Iterator[Any]:
+    """Within the block, ``params`` (may be None or empty) hold on ``index``; the settings they
+    replaced come back afterwards, also when the block raises."""
+    previous = search_parameters(index)
+    restore = {name: previous[name] for name in params or {} if name in previous}
+    try:
+        set_search_parameters(index, **(params or {}))
+        yield index
+    finally:
+        set_search_parameters(index, **restore)
 
 
 # ---------------------------------------------------------------- exact reference

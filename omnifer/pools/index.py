@@ -23,7 +23,8 @@ from omnifer.artifacts import atomic_path
 ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
 
 
-def gather(shards: Sequence[Path], keys: set[str] | None, out_dir: str | Path) -> tuple[Path, Path, int]:
+def gather(shards: Sequence[Path], keys: set[str] | None,
+           out_dir: str | Path) -> tuple[Path, Path, int]:
     """Concatenate the ``ok`` rows of ``shards`` (those whose key is in ``keys``) into
     ``embeddings.npy`` and ``ids.parquet``, one shard at a time; returns paths and count."""
     import pyarrow as pa

@@ -8,7 +8,8 @@ time (``datasets``/``pyarrow`` load inside the writer).
 
 from omnifer.synth.config import PRESETS, SynthConfig, resolve_config
 from omnifer.synth.faces import AUS, CIRCUMPLEX, PROTOTYPES, make_identities
-from omnifer.synth.generate import POOL_KINDS, SynthResult, generate, sample_faces
+from omnifer.synth.generate import SynthResult, generate
+from omnifer.synth.sampling import POOL_KINDS, sample_faces
 
 __all__ = [
     "AUS", "CIRCUMPLEX", "POOL_KINDS", "PRESETS", "PROTOTYPES", "SynthConfig", "SynthResult",

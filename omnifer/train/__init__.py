@@ -10,7 +10,6 @@ from typing import Any
 
 _EXPORTS = {
     "TrainConfig": "config",
-    "BatchMaker": "images", "decoded_images": "images",
     "evaluate_models": "evaluate", "predict": "evaluate", "task_metrics": "evaluate",
     "TrainResult": "loop", "history_of": "loop", "load_models": "loop",
     "resolve_device": "loop", "split_validation": "loop", "train": "loop",

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from omnifer.config import StageConfig
+from omnifer.device import parse_device
 from omnifer.errors import OmniferError
 from omnifer.labels import TASKS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -25,8 +19,11 @@ VA_LOSSES = ("ccc", "mse", "ccc+mse")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StageConfig):
     """How one ``omnifer train`` run trains (a teacher, a student, or an ensemble of either)."""
+
+    section: ClassVar[str] = "train"
+    noun: ClassVar[str] = "training"
 
     # model
     backbone: str = "resnet18"
@@ -71,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        parse_device(self.device)
         for name in ("tasks", "balance"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -100,26 +98,6 @@ class TrainConfig:
             if f.name.endswith("_weight") and float(getattr(self, f.name)) < 0:
                 raise OmniferError(f"{f.name} is {getattr(self, f.name)}; weights must be >= 0")
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes``; ``None`` values (unset flags) change nothing."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise OmniferError(
-                f"unknown training option(s) {', '.join(unknown)}; valid: "
-                + ", ".join(f.name for f in dataclasses.fields(self))
-            )
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a TOML file whose keys are field names (a ``[train]`` table or top level)."""
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise OmniferError(f"cannot read training config {path}: {exc}; fix the file") from None
-        return cls().replace(**data.get("train", data))
-
 
 def _shares(value: Any) -> tuple[tuple[str, float], ...]:
     """``"distilled=0.3,mined=0.2"``, a mapping or pairs -> sorted (source, share) pairs."""
@@ -145,3 +123,19 @@ def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
 def _check_names(what: str, values: tuple[str, ...], valid: tuple[str, ...]) -> None:
     for v in values:
         _check_choice(what, v, valid)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    """How ``omnifer evaluate`` runs a model (or ensemble) over labeled data."""
+
+    section: ClassVar[str] = "evaluate"
+
+    batch_size: int = 256
+    device: str = "auto"
+    on_bad_files: str | None = None  #: None: the data spec's own setting, else error
+
+    def __post_init__(self) -> None:
+        parse_device(self.device)
+        if self.batch_size < 1:
+            raise OmniferError(f"batch_size is {self.batch_size}; it must be at least 1")

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from omnifer.artifacts import atomic_path, atomic_write_json, read_json
+from omnifer.data.batches import BatchMaker
+from omnifer.data.cache import decoded_images
 from omnifer.data.samplers import balance_report, balance_weights, source_shares
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
@@ -36,7 +38,6 @@ from omnifer.models import (ModelConfig, MultitaskModel, build_model, load_check
 from omnifer.train import evaluate as E
 from omnifer.train.calibration import fit_temperature
 from omnifer.train.config import TrainConfig
-from omnifer.train.images import BatchMaker, decoded_images
 from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
 
 log = logging.getLogger(__name__)

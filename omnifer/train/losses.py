@@ -1,6 +1,6 @@
 """Multitask losses with masked partial labels, and teacher-student distillation.
 
-A batch is a dict of tensors (``FaceDataset`` items, collated): ``expression`` long [B] (0
+A batch is a dict of tensors (the loop's ``LABEL_KEYS``): ``expression`` long [B] (0
 where missing), ``expression_mask`` bool [B], ``va`` float [B, 2], ``va_mask`` bool [B],
 ``au`` float [B, A] (0/1), ``au_mask`` bool [B, A], ``weight`` float [B] (per-sample weight,
 e.g. a mined sample's confidence).
@@ -338,7 +338,8 @@ class LossConfig:
 def _get(batch: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in batch:
         raise OmniferError(
-            f"batch lacks {key!r} (has {sorted(batch)}); batches come from FaceDataset"
+            f"batch lacks {key!r} (has {sorted(batch)}); build batches with the keys of "
+            "omnifer.train.loop.LABEL_KEYS"
         )
     return batch[key]
 

@@ -1,4 +1,5 @@
-"""A TOML description of several labeled databases, read into one ``LabeledSet``.
+"""The ``toml`` format (also ``spec``): a description of several labeled databases, read into
+one ``LabeledSet``.
 
 ```toml
 on_bad_files = "warn"          # optional, default "error"
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from omnifer.data.badfiles import check_policy
+from omnifer.data.parse import LabelOrder
+from omnifer.data.readers import Progress, default_name, read_labeled, register_reader
 from omnifer.data.table import LabeledSet, combine
 from omnifer.errors import OmniferError, one_line
 
@@ -37,18 +41,35 @@ DATABASE_KEYS: tuple[str, ...] = ("name", "path", "format", "tasks", "label_orde
                                   "columns")
 
 
+@register_reader("spec")
+@register_reader("toml")
+def read_toml(path: Path, *, name: str | None = None, tasks: Iterable[str] | None = None,
+              label_order: LabelOrder = None, columns: Mapping[str, str] | None = None,
+              weight: float = 1.0, on_bad_files: str | None = None,
+              progress: Progress | None = None) -> LabeledSet:
+    """:func:`read_spec`; the per-database arguments belong in the file's ``[[database]]``."""
+    extra = {k: v for k, v in (("name", name), ("tasks", tasks), ("label_order", label_order),
+                               ("columns", columns)) if v is not None}
+    if weight != 1.0:
+        extra["weight"] = weight
+    if extra:
+        raise OmniferError(
+            f"{', '.join(extra)} cannot be given with a TOML description ({path}); set them "
+            "per [[database]] in the file"
+        )
+    return read_spec(path, on_bad_files=on_bad_files, progress=progress)
+
+
 def read_spec(
     toml_path: str | os.PathLike,
     *,
     on_bad_files: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> LabeledSet:
     """Read every ``[[database]]`` of a TOML description and combine them.
 
     ``on_bad_files`` overrides the file's own top-level ``on_bad_files`` (default ``error``).
     """
-    from omnifer.data.readers import check_policy, default_name, read_labeled
-
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(toml_path))))
     if not path.is_file():
         raise OmniferError(f"data description {path} does not exist; check the path")

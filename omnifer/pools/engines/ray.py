@@ -1,9 +1,9 @@
-"""Embedding a pool on a Ray cluster: the local engine's work, run in Ray Data actors.
+"""The ray engine: the local engine's work, run in Ray Data actors on a Ray cluster.
 
 :func:`ray_chunks` cuts a list of pool keys into chunks and embeds them with
 ``Dataset.map_batches`` over a pool of actors (:class:`ChunkEmbedder`). Each actor opens the
-pool source, the face detector and the :class:`~omnifer.pools.embed.Embedder` once, then turns
-one chunk of keys into the chunk's rows and float16 embeddings, exactly as the local engine
+pool source, the face detector and the :class:`~omnifer.models.embedder.Embedder` once, then
+turns one chunk of keys into the chunk's rows and float16 embeddings, exactly as the local engine
 does. One actor per GPU when the cluster has GPUs (and the device is not ``cpu``), else
 ``workers`` CPU actors. Shard writing, duplicate detection and counting stay on the driver.
 
@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from omnifer.errors import OmniferError
-from omnifer.pools.embed import Chunk, EmbedConfig, Embedder, make_detector, read_chunk
-from omnifer.pools.sources import PoolSource
+from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
+from omnifer.pools.embed_config import EmbedConfig
+from omnifer.pools.source import PoolSource
 
 
 def ray_chunks(source: PoolSource, keys: list[str], *, config: EmbedConfig, workers: int = 1,
-               chunk: int = 64, with_images: bool = False) -> Iterator[tuple[Chunk, np.ndarray]]:
+               chunk: int = CHUNK, with_images: bool = False
+               ) -> Iterator[tuple[Chunk, np.ndarray]]:
     """``(Chunk, float16 embeddings [n, D])`` of ``keys[i:i + chunk]`` for each ``i``, in order.
 
     ``Chunk.images`` holds the crops when ``with_images``; otherwise it is uint8 [n, 0, 0, 3]
@@ -67,6 +69,8 @@ class ChunkEmbedder:
 
     def __init__(self, source: PoolSource, config: EmbedConfig, gpu: bool = False,
                  with_images: bool = False) -> None:
+        from omnifer.models.embedder import Embedder
+
         self.source, self.config, self.with_images = source, config, with_images
         self.detector = make_detector(config)
         device = "cuda" if gpu else config.device  # the actor sees its own GPU as cuda:0

@@ -1,0 +1,99 @@
+"""``DistillConfig`` and ``DistillEvaluateConfig``: the knobs of ``omnifer distill`` and
+``omnifer distill evaluate``, their defaults (written only here) and their validation.
+
+Both validate without torch; the device-dependent defaults of a distillation (network width,
+real batch, dm iterations) are filled by :meth:`DistillConfig.resolved` once the device is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from omnifer.config import StageConfig
+from omnifer.device import parse_device
+from omnifer.distill.methods import METHODS, check_soft_labels
+from omnifer.errors import OmniferError
+
+#: Smallest image side the distillation ConvNets take: their first block halves the image.
+MIN_SIZE = 2
+
+
+def _check_int(name: str, value: Any, minimum: int, *, unit: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OmniferError(f"{name} is {value!r}; use an integer of at least {minimum}{unit}")
+
+
+@dataclass(frozen=True)
+class DistillConfig(StageConfig):
+    """How ``omnifer distill`` compresses a set into a few synthetic images per class.
+
+    ``None`` knobs take the method's or the device's default (see :meth:`resolved`).
+    """
+
+    section: ClassVar[str] = "distill"
+
+    images_per_class: int = 10
+    method: str = "dm"  #: a name of :data:`~omnifer.distill.methods.METHODS`
+    size: int = 32  #: image side in pixels
+    iterations: int | None = None  #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500)
+    lr_images: float | None = None  #: None: the method's
+    soft_labels: bool = False  #: learn soft labels too (gm, tm)
+    width: int | None = None  #: ConvNet channels; None: 128 on GPU, 32 on CPU
+    batch_real: int | None = None  #: dm, gm: real images per class per step; None: 128 / 64
+    with_labeled: bool = False  #: add the labeled set to the source
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_int("images_per_class", self.images_per_class, 1)
+        METHODS.check(self.method)
+        check_soft_labels(self.method, self.soft_labels)
+        _check_int("size", self.size, MIN_SIZE, unit=" px")
+        for name in ("iterations", "width", "batch_real"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        lr = self.lr_images
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                               or not math.isfinite(lr) or lr <= 0):
+            raise OmniferError(f"lr_images is {lr!r}; use a finite number above 0, e.g. 0.01")
+        parse_device(self.device)
+
+    def resolved(self, gpu: bool) -> DistillConfig:
+        """This config with the device-dependent defaults filled: ``width`` 128 on GPU and 32 on
+        CPU, ``batch_real`` 128 and 64, and dm's ``iterations`` 500 on CPU (a CPU step costs
+        seconds); the other unset knobs keep the method's defaults."""
+        iterations = self.iterations
+        if iterations is None and self.method == "dm" and not gpu:
+            iterations = 500
+        return self.replace(width=self.width or (128 if gpu else 32),
+                            batch_real=self.batch_real or (128 if gpu else 64),
+                            iterations=iterations)
+
+    def distill_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`omnifer.distill.distill` this config sets (``size``
+        and ``with_labeled`` describe the data, not the distillation; unset knobs are left to
+        ``distill``'s defaults)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in ("size", "with_labeled") and v is not None}
+
+
+@dataclass(frozen=True)
+class DistillEvaluateConfig(StageConfig):
+    """How ``omnifer distill evaluate`` trains fresh networks on a distilled set and baselines."""
+
+    section: ClassVar[str] = "distill_evaluate"
+
+    baselines: bool = False  #: also random, herding and k-center subsets, and the full data
+    seeds: int = 5  #: networks per set
+    epochs: int = 300  #: training epochs of every arm
+    full_epochs: int | None = None  #: epochs of the full-data arm; None: ``epochs``
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_int("seeds", self.seeds, 1)
+        _check_int("epochs", self.epochs, 1)
+        if self.full_epochs is not None:
+            _check_int("full_epochs", self.full_epochs, 1)
+        parse_device(self.device)

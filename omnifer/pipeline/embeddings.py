@@ -1,0 +1,41 @@
+"""Embeddings of labeled images by one model, cached per model and image list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnifer.pipeline.progress import Progress, bar
+from omnifer.workspace import Workspace
+
+
+def image_cache(ws: Workspace) -> Path:
+    """Decoded images shared by every run of the workspace."""
+    return ws.cache_dir / "images"
+
+
+def labeled_embeddings(ws: Workspace, data: Any, model: Path, device: str, *,
+                       progress: Progress | None = None, what: str = "embedding") -> np.ndarray:
+    """float16 ``[N, D]`` embeddings of ``data``'s images by the checkpoint at ``model``."""
+    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
+    from omnifer.data.cache import cache_key, decoded_images
+    from omnifer.models import read_model_config
+    from omnifer.models.embedder import Embedder
+
+    size = read_model_config(model).input_size
+    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
+                       "images": cache_key(data, size)})
+    path = ws.cache_dir / "embeddings" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    with bar(progress, what, "img") as update:
+        images = decoded_images(data, size, image_cache(ws), progress=update)
+    embedder = Embedder(model, device=device, batch_size=64)
+    emb = np.concatenate([embedder(images[i:i + 1024]) for i in range(0, len(images), 1024)]
+                         or [np.zeros((0, embedder.dim), np.float16)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    return emb

@@ -1,0 +1,119 @@
+"""``mine``: pseudo-label the indexed pool faces whose labeled neighbours agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from omnifer.errors import OmniferError
+from omnifer.pipeline import resolve
+from omnifer.pipeline.embeddings import labeled_embeddings
+from omnifer.pipeline.progress import Progress, bar
+from omnifer.records import IndexRun, MineRun
+
+log = logging.getLogger(__name__)
+
+
+def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labeled: Any = None,
+         model: Any = None, exclude: Sequence[Any] | None = None,
+         on_bad_files: str | None = None, progress: Progress | None = None) -> MineRun:
+    """Mine the pool of ``index`` (default: the latest index run) with ``labeled`` data
+    (default: the latest synth run's labeled set). ``model`` must be the one that built the
+    index (default: that model); pool faces near an image of ``exclude`` (default: the latest
+    synth run's test set) are never mined."""
+    import pandas as pd
+
+    from omnifer.artifacts import path_fingerprint, read_json
+    from omnifer.mining import MineConfig, check_classes
+    from omnifer.mining import mine as mine_pool
+    from omnifer.mining.output import export_images, mined_table, sample_ids
+    from omnifer.mining.report import class_rows, summary_lines, write_report
+    from omnifer.pools import open_pool
+
+    ws = resolve.workspace(workspace)
+    config = config or MineConfig()
+    index_run: IndexRun = resolve.run(ws, index, "index")  # type: ignore[assignment]
+    sidecar = read_json(index_run.index / "index.json")
+    model_path = resolve.model_dir(ws, model) if model is not None else index_run.model
+    fp = path_fingerprint(model_path / "model.safetensors")
+    if fp != sidecar.get("model_fingerprint"):
+        raise OmniferError(
+            f"model {model_path} is not the one that built {index_run.ref} (fingerprints "
+            f"{fp[:12]} vs {str(sidecar.get('model_fingerprint'))[:12]}); mine with that model "
+            "(leave out --model) or index the pool again with this one")
+    labeled_ref = resolve.synth_output(ws, labeled, "labeled")
+    with bar(progress, "reading labeled data", "img") as update:
+        data = resolve.read_data(ws, labeled_ref, on_bad_files=on_bad_files, progress=update)
+    data = data.subset(data.masks()["expression"])
+    classes = data.expressions
+    labels = data.table["expression"].to_numpy(np.int64)
+    check_classes(labels, classes)
+    exclude = list(exclude) if exclude else default_exclude(ws)
+    with bar(progress, "reading evaluation data", "img") as update:
+        held = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
+                for ref in exclude]
+    pool = np.load(index_run.embeddings, mmap_mode="r")
+    ids = pd.read_parquet(index_run.ids)
+    run_config = {"mine": dataclasses.asdict(config), "index": index_run.run_id,
+                  "labeled": ws.portable(labeled_ref),
+                  "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
+    inputs = {"index": index_run.run, "model": model_path, "labeled": labeled_ref,
+              **{f"exclude_{i}": ref for i, ref in enumerate(exclude)}}
+    with ws.start_run("mine", config=run_config, inputs=inputs, seed=config.seed,
+                      device=config.device, resume=False) as run:
+        labeled_emb = labeled_embeddings(ws, data, model_path, config.device, progress=progress,
+                                         what="embedding labeled faces")
+        held_emb = [labeled_embeddings(ws, h, model_path, config.device, progress=progress,
+                                       what="embedding evaluation faces") for h in held]
+        faiss_index, approximate = _pool_index(index_run, sidecar, config.search)
+        with bar(progress, "mining", "face") as update:
+            result = mine_pool(pool, labeled_emb, labels, classes=classes, config=config,
+                               index=faiss_index, approximate=approximate,
+                               exclude=np.concatenate(held_emb) if held_emb else None,
+                               progress=update)
+        src = open_pool(index_run.pool, index_run.source, **index_run.source_options)
+        rows = ids.iloc[result.rows].reset_index(drop=True)
+        rows["sample_id"] = sample_ids(rows)
+        with bar(progress, "exporting images", "img") as update:
+            images = export_images(src, rows, run.path / "images",
+                                   detected=index_run.detect is not None, progress=update)
+        mined, extra = mined_table(
+            result, ids, images, classes=classes, aus=data.aus,
+            labeled_ids=data.table["sample_id"].tolist(), model_fingerprint=fp,
+            index_fingerprint=path_fingerprint(index_run.index / "index.faiss"))
+        dataset = mined.save(run.path / "mined.parquet", extra=extra, root=ws.root)
+        files = write_report(result, run.path, classes=classes, config=config,
+                             inputs={"index": index_run.ref, "model": str(model_path),
+                                     "labeled": str(labeled_ref)})
+        estimate = {**result.estimate,
+                    "per_class": {classes[c]: v for c, v in result.estimate["per_class"].items()}}
+        run.complete(outputs={"dataset": dataset, **files}, counts=result.counts,
+                     similarity="cosine of L2-normalised embeddings", search=result.search,
+                     thresholds=class_rows(result, classes), estimate=estimate,
+                     recall=result.recall, calibration_curve=result.calibration.curve(50),
+                     summary=summary_lines(result, classes))
+    return MineRun.from_run(run)
+
+
+def default_exclude(ws: Any) -> list[str]:
+    """The latest synth run's test set; none (with a warning) when no synth run is known."""
+    run = ws.latest("synth")
+    if run is not None and "test" in run.outputs:
+        return [str(run.outputs["test"])]
+    log.warning("leak guard off: no evaluation set known; pass --exclude TEST_DATA so that near "
+                "duplicates of test images are never mined")
+    return []
+
+
+def _pool_index(run: IndexRun, sidecar: dict[str, Any], search: str) -> tuple[Any, bool]:
+    """The pool's FAISS index when the search needs it, and whether it is approximate."""
+    approximate = sidecar.get("factory", "Flat") != "Flat"
+    if search == "exact" or (search == "auto" and not approximate):
+        return None, approximate
+    from omnifer.pools.faiss_index import read_index
+
+    return read_index(run.index)[0], approximate

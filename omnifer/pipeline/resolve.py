@@ -1,0 +1,121 @@
+"""Input resolution for every stage: the latest run of a stage, a run id or a path.
+
+References a stage accepts:
+
+- ``None`` or ``"latest"``: the newest complete run of the stage that produces the input;
+- a run id (or its unique prefix) or ``stage/run-id``; a train run as a model can name one
+  ensemble member with ``@k`` (``train/<id>@1``);
+- a path: a data spec, folder or manifest, a run directory, or a checkpoint folder.
+
+Explicit references to runs that did not complete are refused with one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omnifer.errors import OmniferError
+from omnifer.records import RECORDS, RunRecord, SynthRun, TrainRun
+from omnifer.workspace import Run, Workspace
+
+HINTS = {
+    "synth": "run `omnifer synth demo/data` first, or pass the data explicitly",
+    "train": "train the primitive model first: omnifer train",
+    "index": "index a pool first: omnifer index POOL",
+    "mine": "mine the pool first: omnifer mine --threshold 0.9",
+    "distill": "distil first: omnifer distill --images-per-class 10",
+}
+
+
+def workspace(ws: Workspace | str | os.PathLike | None) -> Workspace:
+    """A :class:`Workspace` from itself, a folder, or None (the current directory)."""
+    return ws if isinstance(ws, Workspace) else Workspace(ws)
+
+
+def run(ws: Workspace, ref: Any, stage: str) -> RunRecord:
+    """The typed record of a ``stage`` run named by ``ref`` (see the module doc)."""
+    cls = RECORDS[stage]
+    if isinstance(ref, RunRecord):
+        return ref
+    if isinstance(ref, Run):
+        found = ref
+    else:
+        found = ws.resolve(None if ref is None else str(ref), stage, hint=HINTS.get(stage, ""))
+    if found.status != "complete":
+        raise OmniferError(
+            f"run {found.ref} is {found.status}; finish it (run its command again to resume) "
+            f"or pass a complete {stage} run")
+    return cls.from_run(found)
+
+
+def synth_output(ws: Workspace, ref: Any, output: str) -> str:
+    """``ref`` when given, else the ``output`` (labeled or test) of the latest synth run."""
+    if ref is not None:
+        return str(ref.path if isinstance(ref, RunRecord) else ref)
+    found = ws.latest("synth")
+    if found is None:
+        raise OmniferError(
+            f"no --data given and no synth run in workspace {ws.root}; pass --data SPEC (a TOML "
+            "spec, folder or manifest) or run `omnifer synth demo/data` first")
+    return str(getattr(SynthRun.from_run(found), output))
+
+
+def data_path(ws: Workspace, ref: Any) -> Path:
+    """A data path as given, or the dataset a run (``mine/ID``, ``distill/ID``) wrote."""
+    if isinstance(ref, RunRecord):
+        if not hasattr(ref, "dataset"):
+            raise OmniferError(f"run {ref.ref} has no dataset; pass a mine or distill run or a "
+                               "data path")
+        return ref.dataset
+    path = Path(ref)
+    if path.exists():
+        return path
+    stage = str(ref).split("/", 1)[0] if "/" in str(ref) else "mine"
+    if stage not in ("mine", "distill"):
+        raise OmniferError(f"{ref} is neither a path nor a mine or distill run; pass a data "
+                           "path, mine/<id> or distill/<id>")
+    return run(ws, ref, stage).dataset
+
+
+def read_data(ws: Workspace, ref: Any, *, on_bad_files: str | None = None,
+              progress: Any = None) -> Any:
+    """A labeled set from a path (any reader, or a saved sample table) or a run's dataset."""
+    from omnifer.data import LabeledSet, read_labeled
+
+    path = data_path(ws, ref)
+    if path.suffix == ".parquet":
+        try:
+            return LabeledSet.load(path)
+        except OmniferError:
+            pass  # a plain manifest
+    return read_labeled(path, on_bad_files=on_bad_files, progress=progress)
+
+
+def train_run(ws: Workspace, ref: Any) -> Path:
+    """A whole train run's folder (every ensemble member) or a checkpoint folder."""
+    if ref is not None and not isinstance(ref, RunRecord) and Path(ref).exists():
+        return Path(ref).resolve()
+    return run(ws, ref, "train").path
+
+
+def model_dir(ws: Workspace, ref: Any) -> Path:
+    """ONE model's checkpoint folder: a checkpoint folder, a single-model train run, or a
+    member of an ensemble named with ``@k``; an ensemble without a member is an error."""
+    if isinstance(ref, (str, os.PathLike)) and Path(ref).exists():
+        path = Path(ref).resolve()
+        if (path / "model.json").is_file():
+            return path
+        if (path / "manifest.json").is_file():
+            return model_dir(ws, Run(path))
+        raise OmniferError(f"no model at {path}: expected a checkpoint folder (model.json) or a "
+                           "train run; pass a train run or checkpoint folder")
+    member = None
+    if isinstance(ref, str) and "@" in ref:
+        ref, _, k = ref.rpartition("@")
+        if not k.isdigit():
+            raise OmniferError(f"{ref}@{k}: a member is a number, e.g. {ref}@0")
+        member = int(k)
+    record: TrainRun = run(ws, ref, "train")  # type: ignore[assignment]
+    return record.member(member).resolve()

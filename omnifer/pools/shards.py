@@ -1,0 +1,54 @@
+"""Embedding shards: ``shards/shard-NNNNN.parquet`` (one row per pool item or detected face)
+plus ``shards/shard-NNNNN.npy`` (float16 embeddings of the ``ok`` rows, in order).
+
+Table columns: ``key``, ``id`` = content hash of the image bytes, ``face`` number, ``status`` =
+ok | duplicate | bad | no_face, ``reason``, ``box``, ``landmarks``, ``det_score``, ``row`` (the
+row of the embeddings, -1 for rows that have none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnifer.artifacts import ShardedWriter, atomic_path
+
+
+def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
+    """``{column: values}`` of a shard table."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(columns))
+    return {c: table.column(c).to_pylist() for c in columns}
+
+
+def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],
+                embeddings: list[np.ndarray]) -> None:
+    """Write shard ``index``: the embeddings first, then the table, which marks it complete."""
+    import pyarrow as pa
+
+    emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float16)
+    row, n = [], 0
+    for r in rows:
+        row.append(n if r["status"] == "ok" else -1)
+        n += r["status"] == "ok"
+    if n != len(emb):
+        raise RuntimeError(f"shard {index}: {n} ok rows but {len(emb)} embeddings")
+    table = pa.table({
+        "key": pa.array([r["key"] for r in rows], pa.string()),
+        "id": pa.array([r.get("id") for r in rows], pa.string()),
+        "face": pa.array([r.get("face", -1) for r in rows], pa.int32()),
+        "status": pa.array([r["status"] for r in rows], pa.string()),
+        "reason": pa.array([r.get("reason") for r in rows], pa.string()),
+        "box": pa.array([r.get("box") for r in rows], pa.list_(pa.float32())),
+        "landmarks": pa.array([r.get("landmarks") for r in rows], pa.list_(pa.float32())),
+        "det_score": pa.array([r.get("det_score") for r in rows], pa.float32()),
+        "row": pa.array(row, pa.int64()),
+    })
+    with atomic_path(writer.path(index).with_suffix(".npy")) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb)
+    writer.write_table(index, table)  # marks the shard complete
