@@ -4,6 +4,7 @@ configs from TOML files, moved workspaces, and input resolution errors."""
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,40 @@ def test_moved_workspace_keeps_working(ws, tmp_path, run_cli):
     assert again.counts["mined"] == ws["mine"].counts["mined"]
 
 
+def test_moved_with_mv(ws, tmp_path):
+    """``mv`` of a whole workspace: status and the records follow it."""
+    import subprocess
+
+    copy, moved = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(ws["root"], copy)
+    subprocess.run(["mv", str(copy), str(moved)], check=True)
+    w = Workspace(moved)
+    assert [r["status"] for r in w.lineage()] == ["complete"] * 4
+    for stage in ("synth", "train", "index", "mine"):
+        rec = pipeline.resolve.run(w, None, stage)
+        paths = [v for k, v in rec.run.outputs.items() if isinstance(v, str)]
+        assert paths and all(p.startswith(str(moved)) and Path(p).exists() for p in paths)
+
+
+def test_manifests_of_the_previous_layout_still_load(ws, tmp_path):
+    """Absolute output paths and top-level configs (the earlier manifest form) load; a
+    manifest that lacks an output this version needs is one line naming the run and the fix."""
+    from omnifer.records import record_of
+    from omnifer.workspace import Run
+
+    m = ws["mine"]
+    old = json.loads((m.path / "manifest.json").read_text())
+    old["outputs"] = {k: str(v) for k, v in m.run.outputs.items()}
+    old["config"] = {"mine": {"threshold": 0.9, "k": 10}, "index": "x", "model": "/abs/model"}
+    rec = MineRun.from_manifest(m.path, old)
+    assert rec.dataset == m.dataset and rec.config.threshold == 0.9
+    del old["outputs"]["dataset"]
+    with pytest.raises(OmniferError, match=r"run mine/\S+ has no 'dataset'.*run `omnifer mine` again"):
+        MineRun.from_manifest(m.path, old)
+    again = record_of(Run(ws["train"].path))
+    assert isinstance(again, TrainRun) and again.members == ws["train"].members
+
+
 def test_ensemble_model_needs_a_member(ws, tmp_path):
     from omnifer.pipeline.resolve import model_dir
 
@@ -101,6 +136,8 @@ def test_incomplete_runs_are_refused(ws):
     run.fail("killed")
     with pytest.raises(OmniferError, match="is failed; finish it"):
         pipeline.resolve.run(w, run.ref, "index")
+    with pytest.raises(OmniferError, match="is a mine run; pass a train run"):
+        pipeline.resolve.run(w, ws["mine"], "train")
 
 
 def test_config_files_and_flags_fill_one_config(tmp_path):

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from omnifer.cli.common import Context, config_option, make_config, pass_ctx
-from omnifer.pipeline.synth import SynthOptions as D
+from omnifer.synth.options import SynthOptions as D
 
 
 @click.command("synth")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from omnifer.device import parse_device
 from omnifer.errors import OmniferError, one_line
 from omnifer.faces.align import check_image
 
@@ -138,8 +138,7 @@ class RetinaFaceDetector:
             raise OmniferError(f"nms must lie in (0, 1], got {nms}; pass e.g. nms=0.4")
         if min_face < 0:
             raise OmniferError(f"min_face must be >= 0 pixels, got {min_face}; pass e.g. min_face=20")
-        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
-            raise OmniferError(f"unknown device {device!r}; pass cpu, cuda, cuda:N or auto")
+        parse_device(device)
         self.model_path = None if model_path is None else str(model_path)
         self.threshold = float(threshold)
         self.min_face = int(min_face)

@@ -21,7 +21,8 @@ from omnifer.pipeline.distill_evaluate import distill_evaluate
 from omnifer.pipeline.index import index
 from omnifer.pipeline.mine import mine
 from omnifer.pipeline.progress import no_progress, tqdm_progress
-from omnifer.pipeline.synth import SynthOptions, synth
+from omnifer.pipeline.synth import synth
+from omnifer.synth.options import SynthOptions
 from omnifer.pipeline.train import evaluate, train
 
 __all__ = ["SynthOptions", "distill", "distill_evaluate", "evaluate", "index", "mine",

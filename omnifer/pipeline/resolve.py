@@ -38,6 +38,8 @@ def run(ws: Workspace, ref: Any, stage: str) -> RunRecord:
     """The typed record of a ``stage`` run named by ``ref`` (see the module doc)."""
     cls = RECORDS[stage]
     if isinstance(ref, RunRecord):
+        if not isinstance(ref, cls):
+            raise OmniferError(f"{ref.ref} is a {ref.stage} run; pass a {stage} run here")
         return ref
     if isinstance(ref, Run):
         found = ref

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from omnifer.config import StageConfig
-from omnifer.errors import OmniferError
 from omnifer.pipeline import resolve
 from omnifer.pipeline.progress import Progress, bar
 from omnifer.records import SynthRun
-
-
-@dataclass(frozen=True)
-class SynthOptions(StageConfig):
-    """What ``omnifer synth`` writes: the same options give byte-identical output."""
-
-    section: ClassVar[str] = "synth"
-
-    preset: str = "demo"  #: tiny, small, demo or large
-    seed: int = 0
-    size: int | None = None  #: face size in pixels; None: the preset's
-    domain_shift: bool = False  #: pool with shifted identities and lighting
-
-    def __post_init__(self) -> None:
-        if self.size is not None and not 16 <= self.size <= 512:
-            raise OmniferError(f"size is {self.size}; use 16 to 512 pixels")
+from omnifer.synth.options import SynthOptions
 
 
 def synth(workspace: Any = None, config: SynthOptions | None = None, *, out: Any,
