@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +13,6 @@ from omnifer.pipeline import resolve
 from omnifer.pipeline.embeddings import labeled_embeddings
 from omnifer.pipeline.progress import Progress, bar
 from omnifer.records import IndexRun, MineRun
-
-log = logging.getLogger(__name__)
-
 
 def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labeled: Any = None,
          model: Any = None, exclude: Sequence[Any] | None = None,
@@ -52,7 +48,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
     classes = data.expressions
     labels = data.table["expression"].to_numpy(np.int64)
     check_classes(labels, classes)
-    exclude = list(exclude) if exclude else default_exclude(ws)
+    exclude = list(exclude) if exclude else resolve.default_exclude(ws)
     with bar(progress, "reading evaluation data", "img") as update:
         held = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
                 for ref in exclude]
@@ -97,16 +93,6 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
                      summary=summary_lines(result, classes))
     return MineRun.from_run(run)
-
-
-def default_exclude(ws: Any) -> list[str]:
-    """The latest synth run's test set; none (with a warning) when no synth run is known."""
-    run = ws.latest("synth")
-    if run is not None and "test" in run.outputs:
-        return [str(run.outputs["test"])]
-    log.warning("leak guard off: no evaluation set known; pass --exclude TEST_DATA so that near "
-                "duplicates of test images are never mined")
-    return []
 
 
 def _pool_index(run: IndexRun, sidecar: dict[str, Any], search: str) -> tuple[Any, bool]:

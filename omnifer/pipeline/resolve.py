@@ -12,6 +12,7 @@ Explicit references to runs that did not complete are refused with one line.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from omnifer.errors import OmniferError
 from omnifer.records import RECORDS, RunRecord, SynthRun, TrainRun
 from omnifer.workspace import Run, Workspace
+
+log = logging.getLogger(__name__)
 
 HINTS = {
     "synth": "run `omnifer synth demo/data` first, or pass the data explicitly",
@@ -62,6 +65,16 @@ def synth_output(ws: Workspace, ref: Any, output: str) -> str:
             f"no --data given and no synth run in workspace {ws.root}; pass --data SPEC (a TOML "
             "spec, folder or manifest) or run `omnifer synth demo/data` first")
     return str(getattr(SynthRun.from_run(found), output))
+
+
+def default_exclude(ws: Workspace) -> list[str]:
+    """The latest synth run's test set; none (with a warning) when no synth run is known."""
+    run = ws.latest("synth")
+    if run is not None and "test" in run.outputs:
+        return [str(run.outputs["test"])]
+    log.warning("leak guard off: no evaluation set known; pass --exclude TEST_DATA so that near "
+                "duplicates of test images are never mined")
+    return []
 
 
 def data_path(ws: Workspace, ref: Any) -> Path:
