@@ -2,14 +2,19 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# FAISS build: cpu (faiss-cpu) or gpu (faiss-gpu, FAISS's CUDA wheel): make test FAISS=gpu
+FAISS ?= cpu
+STAMP := $(VENV)/.installed-$(FAISS)
 
 .PHONY: demo test venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# exactly one FAISS distribution: drop any other build before installing this one
+	$(BIN)/python -m pip uninstall -q -y faiss-cpu faiss-gpu faiss-gpu-cu12 faiss-gpu-cu11
+	rm -f $(VENV)/.installed*
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

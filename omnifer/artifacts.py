@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omnifer.errors import ConfigMismatchError, OmniferError
+from omnifer.errors import ConfigMismatchError, OmniferError, one_line
 
 #: Packages whose versions every manifest records.
 TRACKED_PACKAGES = (
@@ -27,7 +30,9 @@ TRACKED_PACKAGES = (
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 
-    A crash or exception leaves ``path`` as it was (absent or the previous version).
+    A crash or exception leaves ``path`` as it was (absent or the previous version). The file
+    gets the permissions an ordinary ``open`` would give (``0o666`` less the umask), and an
+    ``OSError`` without a file name (a full disk while writing) is given ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,11 +40,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        if exc.errno == errno.ENOSPC:
+            raise OmniferError(
+                f"no space left on device in {path.parent} (writing {path.name}); free space "
+                "there and run the same command again to resume") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -51,12 +79,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def atomic_write_npy(path: str | os.PathLike, parts: Iterable[Any], *, shape: tuple[int, ...],
+                     dtype: Any) -> Path:
+    """Write an ``.npy`` array of ``shape`` from its consecutive row blocks ``parts``.
+
+    Space is reserved first (``posix_fallocate``) and rows go out with ordinary writes, never
+    through a memory map, so a full disk is an error naming the folder instead of a SIGBUS.
+    """
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        size = fh.tell() + math.prod(header["shape"]) * dtype.itemsize
+        if hasattr(os, "posix_fallocate") and size > fh.tell():
+            try:
+                os.posix_fallocate(fh.fileno(), 0, size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise
+        for part in parts:
+            fh.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+        if fh.tell() != size:
+            raise RuntimeError(f"{path}: wrote {fh.tell()} of {size} bytes")
+    return Path(path)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json_text(obj) + "\n")
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as strict JSON (``NaN`` and infinities become ``null``)."""
+    return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -65,12 +126,13 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise OmniferError(f"{path} does not exist") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OmniferError(f"{path} is not valid JSON ({exc}); delete it or restore it") from None
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Turn dataclasses, paths, tuples and numpy scalars into plain JSON values."""
+    """Turn dataclasses, paths, tuples and numpy scalars into plain JSON values; a non-finite
+    float (``NaN``, an infinity) becomes ``None``, which strict JSON can hold."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -81,7 +143,9 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
@@ -120,15 +184,81 @@ def path_fingerprint(path: str | os.PathLike, *, full_hash_limit: int = 64 << 20
                 fh.seek(-(1 << 20), os.SEEK_END)
                 h.update(fh.read(1 << 20))
     elif path.is_dir():
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                p = Path(root, name)
-                st = p.stat()
-                h.update(f"{p.relative_to(path).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        for rel in walk_files(path, hidden=True):
+            try:
+                st = os.stat(path / rel)
+            except OSError:  # removed since it was listed
+                continue
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     else:
         raise OmniferError(f"input {path} does not exist; check the path")
     return h.hexdigest()[:16]
+
+
+def walk_files(root: str | os.PathLike, *, skipped: list[tuple[str, str]] | None = None,
+               hidden: bool = False) -> Iterator[str]:
+    """Relative POSIX paths of the regular files below ``root``, each folder's files (sorted)
+    before its subfolders (sorted); symlinks are followed, hidden names skipped unless ``hidden``.
+
+    What cannot be read as a file is never yielded and never opened: a folder that cannot be
+    listed, a name that is not UTF-8, a broken symlink, a symlink loop, a FIFO, socket or
+    device. With ``skipped``, each is appended as ``(relative path, reason)``; a folder's path
+    ends in ``/`` and a name that is not UTF-8 is shown with ``\\x..`` escapes.
+    """
+    note = skipped.append if skipped is not None else (lambda _: None)
+
+    def visit(folder: str, prefix: str, parents: frozenset[tuple[int, int]]) -> Iterator[str]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            st = os.stat(folder)
+        except OSError as exc:
+            note((prefix or "./", f"folder cannot be read ({one_line(exc.strerror or exc)})"))
+            return
+        parents |= {(st.st_dev, st.st_ino)}
+        folders = []
+        for e in entries:
+            if e.name.startswith(".") and not hidden:
+                continue
+            rel = prefix + e.name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+                note((shown, "name is not UTF-8; rename it"))
+                continue
+            try:
+                is_file, is_dir = e.is_file(), e.is_dir()
+            except OSError:  # a symlink loop
+                is_file = is_dir = False
+            if is_file:
+                yield rel
+            elif is_dir:
+                folders.append(e)
+            else:
+                note((rel, _not_a_file(e.path)))
+        for e in folders:
+            target = os.stat(e.path)
+            if (target.st_dev, target.st_ino) in parents:
+                note((prefix + e.name + "/", "symlink loop (links to a folder above it)"))
+            else:
+                yield from visit(e.path, prefix + e.name + "/", parents)
+
+    yield from visit(os.fspath(root), "", frozenset())
+
+
+def _not_a_file(path: str) -> str:
+    """Why ``path``, which is neither a regular file nor a folder, cannot be read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return "broken symlink (its target does not exist)"
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"cannot be read ({one_line(exc.strerror or exc)})"
+    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+    return f"not a regular file (a {kind})"
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:

@@ -244,8 +244,28 @@ class DistillRun(RunRecord):
     evaluation: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class PublishRun(RunRecord):
+    """A published dataset: the Hub-layout folder and, when uploaded, where it went. The token
+    is never recorded."""
+
+    stage: ClassVar[str] = "publish"
+    config_class: ClassVar[Any] = _LazyConfig("omnifer.hub.config", "PublishConfig")
+    config_key: ClassVar[str] = "publish"
+    folder: Path = output()  #: README.md + data/*.parquet (+ embeddings/, index/)
+    source_run: str  #: the synth, mine or distill run published
+    files: list[str] = field(default_factory=list)  #: the folder's files, relative
+    repo: str | None = None  #: ORG/NAME when uploaded
+    commit: str | None = None  #: the card commit's id
+    commit_url: str | None = None
+    uploaded: int = 0  #: files uploaded by this run (card excluded)
+    skipped: int = 0  #: files the Hub already held with the same content
+    references: bool = False  #: keys and labels without pixels
+
+
 RECORDS: dict[str, type[RunRecord]] = {
-    r.stage: r for r in (SynthRun, TrainRun, EvaluateRun, IndexRun, MineRun, DistillRun)}
+    r.stage: r for r in (SynthRun, TrainRun, EvaluateRun, IndexRun, MineRun, DistillRun,
+                         PublishRun)}
 
 
 def record_of(run: Run) -> RunRecord:

@@ -16,7 +16,7 @@ def test_synth_records_a_run_and_status_shows_it(run_cli, tmp_path):
                              "--preset", "tiny", "--size", "48")
     assert code == 0, err
     assert (tmp_path / "data" / "labeled.toml").is_file()
-    assert "next: omnifer train --data" in out
+    assert f"next: omnifer -w {ws} train --data" in out  # the workspace as typed
     status = run_cli.json("--workspace", ws, "status")
     (row,) = status["runs"]
     assert row["run"].startswith("synth/") and row["status"] == "complete"
@@ -54,10 +54,10 @@ def test_data_check_on_synth_spec(run_cli, tiny_synth):
 
 
 def _folder_with_corrupt_image(root):
-    for cls in ("happiness", "sadness"):
+    for k, cls in enumerate(("happiness", "sadness")):
         (root / cls).mkdir(parents=True)
         for i in range(2):
-            Image.new("RGB", (16, 16), (i * 40, 80, 120)).save(root / cls / f"{i}.jpg")
+            Image.new("RGB", (16, 16), (i * 40, 80 + 60 * k, 120)).save(root / cls / f"{i}.jpg")
     (root / "sadness" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
 
 

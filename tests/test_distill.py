@@ -347,6 +347,19 @@ def test_errors_are_one_line_omnifer_errors(data):
         distill(x, y[:-1], n_classes=K)
 
 
+@pytest.mark.parametrize("method", ["dm", "gm"])
+def test_a_non_finite_loss_stops_the_distillation_with_one_line(data, method, tmp_path):
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(OmniferError, match=rf"{method} distillation .* at iteration 1 of 4: "
+                                           r"the synthetic images diverged; lower --lr-images"
+                       ) as err:
+        run(data, method, lr_images=float("nan"), checkpoint=ckpt, checkpoint_every=1)
+    assert "\n" not in str(err.value)
+    assert not ckpt.exists()  # no state with NaN images is saved
+    with pytest.raises(OmniferError, match=rf"{method} distillation loss is nan at iteration [12]"):
+        run(data, method, lr_images=float("nan"))
+
+
 # ---------------------------------------------------------------- configs
 
 def test_distill_config_defaults_and_validation(tmp_path):

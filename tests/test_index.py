@@ -123,7 +123,7 @@ def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path):
     second = embed_pool(src, tmp_path / "r2", config=cfg, inherited=first.shards, workers=0,
                         on_bad_files="skip")
     assert second.counts == {"items": 3, "faces": 1, "bad": 1, "no_face": 0, "duplicates": 1,
-                             "reused": len(old)}
+                             "reused": len(old), "vanished": 0}
     assert second.bad[0]["key"] == "new/broken.jpg"
     emb, keys = embeddings_of(second, src.keys(), tmp_path / "r2")
     assert len(keys) == len(old) + 1 and "new/red.png" in keys and "new/copy.jpg" not in keys

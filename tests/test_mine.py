@@ -214,7 +214,55 @@ def test_cli_mine_refuses_bad_input_without_writing(indexed, tiny_synth, tmp_pat
     empty.write_text("image,expression\n")
     code, out, err = run_cli("-w", ws, "mine", "--labeled", empty, "--device", "cpu")
     assert code != 0
+    for flags, message in ((["--k", "100000"], "k is 100000 but the labeled set has"),
+                           (["--balance", "nan"], "balance is nan"),
+                           (["--balance", "inf"], "balance is inf")):
+        code, out, err = run_cli(*base, "--threshold", "0.5", *flags)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1
     assert sorted((ws / ".omnifer/runs").glob("mine/*")) == before
+
+
+def test_cli_mine_never_mines_edited_copies_of_test_images(indexed, tiny_synth, tmp_path,
+                                                           run_cli):
+    """Mirrored, brightened and recompressed copies of test images in the pool are caught by
+    the perceptual hash even with the embedding check off (--leak-threshold 1)."""
+    import shutil
+
+    from PIL import Image
+
+    from omnifer.data import read_labeled
+    from omnifer.models.embedder import Embedder
+    from omnifer.pipeline.embeddings import labeled_embeddings
+    from omnifer.workspace import Workspace
+
+    ws = indexed
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_synth.pool, pool)
+    test = read_labeled(tiny_synth.test_toml)
+    for i, ref in enumerate(test.table["image"][:4]):
+        x = np.asarray(Image.open(ref).convert("RGB"))
+        bright = np.clip(x.astype(np.float32) * 1.15, 0, 255).astype(np.uint8)
+        for name, image, quality in (("mirror", x[:, ::-1], 95), ("bright", bright, 95),
+                                     ("jpeg60", x, 60)):
+            Image.fromarray(np.ascontiguousarray(image)).save(pool / f"copy-{name}-{i}.jpg",
+                                                              quality=quality)
+    r = run_cli.json("-w", ws, "index", pool, "--workers", "0", "--device", "cpu")
+    m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
+                     "--exclude", tiny_synth.test_toml, "--threshold", "-1", "--k", "3",
+                     "--score", "max", "--leak-threshold", "1.0", "--device", "cpu")
+    keys = pd.read_parquet(m["dataset"])["key"]
+    assert len(keys) > 0 and not keys.str.startswith("copy-").any()
+    assert m["counts"]["leak_excluded"] >= 12 and m["counts"]["leak_excluded_hash"] > 0
+    # the embedding check compares with the mirror images of the test faces too
+    model = Workspace(ws).locate(json.loads(
+        (ws / ".omnifer/runs" / r["run"] / "manifest.json").read_text())["config"]["model"])
+    mirrored = labeled_embeddings(Workspace(ws), test, model, "cpu", mirrored=True)
+    from omnifer.data.cache import decoded_images
+    from omnifer.pipeline.embeddings import image_cache
+
+    images = decoded_images(test, 32, image_cache(Workspace(ws)))
+    expect = Embedder(model, device="cpu")(np.ascontiguousarray(images[:, :, ::-1]))
+    assert np.allclose(mirrored.astype(np.float32), expect.astype(np.float32), atol=2e-3)
 
 
 @pytest.mark.slow

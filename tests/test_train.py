@@ -166,7 +166,7 @@ def test_cli_train_student_evaluate(tiny_synth, tmp_path, run_cli):
               "--device", "cpu", "--val-fraction", "0.3"]
     code, out, err = run_cli("-q", "-w", ws, "train", "--data", tiny_synth.labeled_toml, *common)
     assert code == 0, err
-    assert "trained teacher train/" in out and "next: omnifer evaluate" in out
+    assert "trained teacher train/" in out and f"next: omnifer -w {ws} evaluate" in out
     code, out, err = run_cli("-q", "-w", ws, "train", "--student", "--data",
                              tiny_synth.labeled_toml, *common)
     assert code == 0, err

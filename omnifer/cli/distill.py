@@ -8,7 +8,7 @@ from typing import Any
 import click
 import numpy as np
 
-from omnifer.cli.common import Context, config_option, make_config, pass_ctx
+from omnifer.cli.common import Context, config_option, existing_ref, make_config, pass_ctx
 from omnifer.distill.config import DistillConfig as D
 from omnifer.distill.config import DistillEvaluateConfig as E
 
@@ -17,10 +17,10 @@ from omnifer.distill.config import DistillEvaluateConfig as E
 @config_option
 @click.option("--images-per-class", "images_per_class", type=int, default=None,
               help=f"[{D.images_per_class}]")
-@click.option("--from", "source_ref", default=None, metavar="RUN_OR_PATH",
+@click.option("--from", "source_ref", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Data to distil [default: the latest mine run's dataset].")
 @click.option("--with-labeled", is_flag=True, default=None, help="Add the labeled set to the source.")
-@click.option("--labeled", default=None, help="Labeled data for --with-labeled [default: the "
+@click.option("--labeled", default=None, callback=existing_ref, help="Labeled data for --with-labeled [default: the "
               "latest synth run's labeled.toml].")
 @click.option("--method", default=None,
               help=f"dm (distribution matching), gm (gradient matching) or tm (trajectories) "
@@ -59,16 +59,16 @@ def command(click_ctx: click.Context, config_file: str | None, source_ref: str |
                  f"{rec.counts['source']} images by {rec.method}, {rec.iterations} iterations in "
                  f"{rec.seconds:.0f}s",
                  f"  wrote {rec.dataset} and {rec.grid}",
-                 f"next: omnifer distill evaluate {rec.ref} --baselines, or omnifer "
-                 f"train --student --with {rec.ref}"]))
+                 ctx.next(f"distill evaluate {rec.ref} --baselines",
+                          f"train --student --with {rec.ref}")]))
 
 
 @command.command("evaluate")
-@click.argument("run_ref", required=False, metavar="[RUN]")
+@click.argument("run_ref", required=False, metavar="[RUN]", callback=existing_ref)
 @config_option
 @click.option("--baselines", is_flag=True, default=None,
               help="Also random, herding and k-center subsets of the same size, and full data.")
-@click.option("--test", "test_ref", default=None,
+@click.option("--test", "test_ref", default=None, callback=existing_ref,
               help="Labeled test data [default: the latest synth run's test.toml].")
 @click.option("--seeds", type=int, default=None, help=f"[{E.seeds}]")
 @click.option("--epochs", type=int, default=None,

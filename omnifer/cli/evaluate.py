@@ -6,13 +6,14 @@ from typing import Any
 
 import click
 
-from omnifer.cli.common import Context, bad_files_option, config_option, make_config, pass_ctx
+from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
+                                make_config, num, pass_ctx)
 from omnifer.train.config import EvaluateConfig as D
 
 
 @click.command("evaluate")
-@click.argument("run_ref", required=False, metavar="[RUN]")
-@click.option("--data", default=None,
+@click.argument("run_ref", required=False, metavar="[RUN]", callback=existing_ref)
+@click.option("--data", default=None, callback=existing_ref,
               help="Labeled test data [default: the latest synth run's test.toml].")
 @config_option
 @click.option("--batch-size", type=int, default=None, help=f"Batch size [{D.batch_size}].")
@@ -39,20 +40,22 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     if "expression" in r:
         e = r["expression"]
         lines += [
-            f"  expression  n={e['n']}  accuracy {e['accuracy']:.4f}  macro-F1 {e['macro_f1']:.4f}"
-            f"  ABAW {e['abaw']:.4f}  (chance: acc {e['chance']['accuracy']:.3f}, "
-            f"F1 {e['chance']['macro_f1']:.3f})",
-            f"  calibration ECE {e['ece_before']:.4f} -> {e['ece_after']:.4f}   "
-            f"NLL {e['nll_before']:.4f} -> {e['nll_after']:.4f}  (temperature scaling)",
-            "  F1 per class: " + "  ".join(f"{k} {v:.3f}" for k, v in e["f1_per_class"].items()),
+            f"  expression  n={e['n']}  accuracy {num(e['accuracy'])}  macro-F1 "
+            f"{num(e['macro_f1'])}  ABAW {num(e['abaw'])}  (always the majority class: acc "
+            f"{num(e['majority']['accuracy'], '.3f')}, F1 {num(e['majority']['macro_f1'], '.3f')})",
+            f"  calibration ECE {num(e['ece_before'])} -> {num(e['ece_after'])}   "
+            f"NLL {num(e['nll_before'])} -> {num(e['nll_after'])}  (temperature scaling)",
+            "  F1 per class: " + "  ".join(f"{k} {num(v, '.3f')}"
+                                           for k, v in e["f1_per_class"].items()),
         ]
     if "va" in r:
         v = r["va"]
-        lines.append(f"  valence/arousal  n={v['n']}  CCC valence {v['ccc_valence']:.4f}  "
-                     f"arousal {v['ccc_arousal']:.4f}  mean {v['ccc_mean']:.4f}  (chance 0)")
+        lines.append(f"  valence/arousal  n={v['n']}  CCC valence {num(v['ccc_valence'])}  "
+                     f"arousal {num(v['ccc_arousal'])}  mean {num(v['ccc_mean'])}  (chance 0)")
     if "au" in r:
         a = r["au"]
-        lines.append(f"  AUs  n={a['n']}  mean F1 {a['f1_mean']:.4f}  "
-                     f"(chance: always present {a['chance']['f1_mean']:.3f})")
-        lines.append("  F1 per AU: " + "  ".join(f"{k} {v:.3f}" for k, v in a["f1_per_au"].items()))
+        lines.append(f"  AUs  n={a['n']}  mean F1 {num(a['f1_mean'])}  "
+                     f"(chance: always present {num(a['chance']['f1_mean'], '.3f')})")
+        lines.append("  F1 per AU: " + "  ".join(f"{k} {num(v, '.3f')}"
+                                               for k, v in a["f1_per_au"].items()))
     return lines

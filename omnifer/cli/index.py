@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from omnifer.cli.common import Context, config_option, make_config, pass_ctx
+from omnifer.cli.common import Context, config_option, existing_ref, make_config, pass_ctx
 from omnifer.pools.config import IndexConfig as D
 
 
@@ -15,7 +15,7 @@ from omnifer.pools.config import IndexConfig as D
 @config_option
 @click.option("--source", default=None,
               help="recordio, tsv, parquet, hf, webdataset, video or folder [default: detected].")
-@click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH",
+@click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Train run (RUN@k for one ensemble member) or checkpoint folder "
                    "[default: the latest train run].")
 @click.option("--detect", type=click.Choice(["retinaface"]), default=None,
@@ -54,7 +54,7 @@ def command(ctx: Context, pool: str, model_ref: str | None, config_file: str | N
         f"{c['no_face']} without a face, {c['duplicates']} exact duplicates, "
         f"{c['reused']} reused from earlier runs",
         f"  index: {s['factory']} ({s['similarity']}), dim {s['dim']}, {rec.index}",
-        "next: omnifer mine --threshold 0.9",
+        ctx.next("mine --threshold 0.9"),
     ]
     ctx.emit({"run": rec.ref, "counts": c, "seconds": seconds, "index": s, "bad": rec.bad},
              "\n".join(lines))

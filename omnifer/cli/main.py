@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import click
 
 from omnifer import __version__
-from omnifer.cli.common import Context
+from omnifer.cli.common import Context, os_error_line
 from omnifer.errors import OmniferError
+from omnifer.workspace import Terminated, terminate_like_interrupt
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,9 +31,9 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
 
 
 def _register() -> None:
-    from omnifer.cli import data, distill, evaluate, index, mine, status, synth, train
+    from omnifer.cli import data, distill, evaluate, index, mine, publish, status, synth, train
 
-    for module in (status, synth, data, train, evaluate, index, mine, distill):
+    for module in (status, synth, data, train, evaluate, index, mine, distill, publish):
         cli.add_command(module.command)
 
 
@@ -39,19 +41,21 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: known errors become one line, everything else a traceback."""
+    """Console entry point: known errors become one line, everything else a traceback.
+    SIGTERM is handled like Ctrl-C (the open run is marked failed), exit status 143."""
     debug = os.environ.get("OMNIFER_DEBUG", "") not in ("", "0")
+    previous = terminate_like_interrupt()
     try:
         code = cli.main(args=argv, prog_name="omnifer", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:  # click's form of Ctrl-C
-        click.echo("interrupted; run the same command again to resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        if debug:
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
+        if debug and isinstance(exc, KeyboardInterrupt):
             raise
+        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            click.echo("terminated; run the same command again to resume", err=True)
+            sys.exit(143)
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
     except OmniferError as exc:
@@ -59,6 +63,15 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc} (set OMNIFER_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    except OSError as exc:
+        line = os_error_line(exc)
+        if debug or line is None:
+            raise
+        click.echo(f"error: {line} (set OMNIFER_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 

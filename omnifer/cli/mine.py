@@ -7,7 +7,8 @@ from typing import Any
 import click
 import numpy as np
 
-from omnifer.cli.common import Context, bad_files_option, config_option, make_config, pass_ctx
+from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
+                                make_config, pass_ctx)
 from omnifer.mining.mine import MineConfig as D
 
 
@@ -31,13 +32,13 @@ from omnifer.mining.mine import MineConfig as D
 @click.option("--per-class-max", type=int, default=None, help="Keep at most N faces per class.")
 @click.option("--balance", type=float, default=None,
               help="Cap every class at this ratio of the rarest mined class.")
-@click.option("--index", "index_ref", default=None, metavar="RUN",
+@click.option("--index", "index_ref", default=None, metavar="RUN", callback=existing_ref,
               help="Index run [default: the latest one].")
-@click.option("--labeled", default=None, metavar="RUN_OR_PATH",
+@click.option("--labeled", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Labeled data [default: the latest synth run's labeled.toml].")
-@click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH",
+@click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Must be the model that built the index [default: that model].")
-@click.option("--exclude", multiple=True, metavar="PATH",
+@click.option("--exclude", multiple=True, metavar="PATH", callback=existing_ref,
               help="Evaluation data whose near duplicates are never mined; repeatable "
                    "[default: the latest synth run's test set].")
 @click.option("--leak-threshold", type=float, default=None, help=f"[{D.leak_threshold}]")
@@ -63,13 +64,13 @@ def command(ctx: Context, config_file: str | None, index_ref: str | None, labele
              *[f"  {line}" for line in rec.summary],
              "  class        threshold  mined  held-out precision"]
     for r in rec.thresholds:
-        t = f"{r['threshold']:.3f}" if np.isfinite(r["threshold"]) else "none"
+        t = "none" if r["threshold"] is None or not np.isfinite(r["threshold"]) \
+            else f"{r['threshold']:.3f}"
         p = "-" if r["held_out_precision"] is None else f"{r['held_out_precision']:.3f}"
         lines.append(f"  {r['class']:<12} {t:>9}  {r['mined']:>5}  {p:>8}")
     lines.append(f"  wrote {rec.dataset} and {rec.report}")
-    lines.append(f"next: omnifer distill --images-per-class 10, or omnifer train --student "
-                 f"--with {rec.ref}" if rec.counts["mined"] else
-                 "next: nothing was mined; try a lower --threshold")
+    lines.append(ctx.next("distill --images-per-class 10", f"train --student --with {rec.ref}")
+                 if rec.counts["mined"] else "next: nothing was mined; try a lower --threshold")
     files = {k: v for k, v in rec.run.outputs.items() if k != "dataset"}
     ctx.emit({"run": rec.ref, "dataset": rec.dataset, "counts": rec.counts,
               "thresholds": rec.thresholds, "estimate": rec.estimate, "recall": rec.recall,

@@ -15,7 +15,7 @@ def command(ctx: Context) -> None:
     rows = ws.lineage()
     if not rows:
         ctx.emit({"workspace": str(ws.root), "runs": []},
-                 f"workspace {ws.root}: no runs yet (start with `omnifer synth demo/`)")
+                 f"workspace {ws.root}: no runs yet (start with `{ctx.command('synth demo/')}`)")
         return
     lines = [f"workspace {ws.root}"]
     for row in rows:

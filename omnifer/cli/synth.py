@@ -30,7 +30,7 @@ def command(ctx: Context, out: str, config_file: str | None, **options: Any) -> 
     total = sum(v for v in rec.counts.values() if isinstance(v, int))
     text = [f"wrote {total} images to {rec.out} in {rec.seconds:.1f}s (run {rec.ref})"]
     text += [f"  {k:<12} {v}" for k, v in rec.counts.items()]
-    text.append(f"next: omnifer train --data {rec.labeled}")
+    text.append(ctx.next(f"train --data {rec.labeled}"))
     ctx.emit({"run": rec.ref, "out": rec.out, "labeled": rec.labeled, "test": rec.test,
               "pool": rec.pool, "pool_truth": rec.pool_truth, "counts": rec.counts,
               "seconds": rec.seconds}, "\n".join(text))

@@ -7,18 +7,19 @@ from typing import Any
 
 import click
 
-from omnifer.cli.common import Context, bad_files_option, config_option, make_config, pass_ctx
+from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
+                                make_config, num, pass_ctx)
 from omnifer.train.config import TrainConfig as D
 
 
 @click.command("train")
-@click.option("--data", "data", default=None,
+@click.option("--data", "data", default=None, callback=existing_ref,
               help="Labeled data: TOML spec, folder or manifest [default: the latest synth "
                    "run's labeled.toml].")
-@click.option("--with", "extra", multiple=True, metavar="RUN_OR_PATH",
+@click.option("--with", "extra", multiple=True, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Add a data source (a mined or distilled run, or a path); repeatable.")
 @click.option("--student", is_flag=True, help="Learn from ground truth and a teacher's soft labels.")
-@click.option("--teacher", default=None, metavar="RUN",
+@click.option("--teacher", default=None, metavar="RUN", callback=existing_ref,
               help="Teacher train run or checkpoint [default with --student: the latest train run].")
 @config_option
 @click.option("--backbone", default=None,
@@ -74,7 +75,7 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
              + f", {rec.train_seconds:.0f}s"]
     for k, val in enumerate(rec.validation):
         lines.append(f"  member {k} validation: {_summary(val)}")
-    lines.append(f"next: omnifer evaluate {rec.ref}")
+    lines.append(ctx.next(f"evaluate {rec.ref}"))
     ctx.emit({"run": rec.ref, "members": rec.members, "validation": rec.validation,
               "counts": c, "seconds": rec.train_seconds}, "\n".join(lines))
 
@@ -83,12 +84,13 @@ def _summary(val: dict[str, Any]) -> str:
     parts = []
     if "expression" in val:
         e = val["expression"]
-        parts.append(f"acc {e['accuracy']:.3f} macro-F1 {e['macro_f1']:.3f} "
-                     f"ECE {e['ece_before']:.3f}->{e['ece_after']:.3f}")
+        parts.append(f"acc {num(e['accuracy'], '.3f')} macro-F1 {num(e['macro_f1'], '.3f')} "
+                     f"ECE {num(e['ece_before'], '.3f')}->{num(e['ece_after'], '.3f')}")
     if "va" in val:
-        parts.append(f"CCC V {val['va']['ccc_valence']:.3f} A {val['va']['ccc_arousal']:.3f}")
+        parts.append(f"CCC V {num(val['va']['ccc_valence'], '.3f')} "
+                     f"A {num(val['va']['ccc_arousal'], '.3f')}")
     if "au" in val:
-        parts.append(f"AU F1 {val['au']['f1_mean']:.3f}")
+        parts.append(f"AU F1 {num(val['au']['f1_mean'], '.3f')}")
     return "; ".join(parts) or "no validation split"
 
 

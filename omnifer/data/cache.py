@@ -2,7 +2,8 @@
 
 Decoding JPEGs every epoch would cost more than a small model's step on a CPU, so the images
 of a labeled set are decoded once into ``<cache>/<key>.npy`` ([N, S, S, 3] uint8, memory
-mapped, shared by every run over the same samples); :mod:`omnifer.data.batches` cuts batches
+mapped, shared by every run over the same samples; written with ordinary writes, so a full disk
+is a one-line error); :mod:`omnifer.data.batches` cuts batches
 from it.
 """
 
@@ -11,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from omnifer.artifacts import atomic_path
+from omnifer.artifacts import atomic_write_npy
 from omnifer.data.images import decode_image
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
@@ -57,14 +58,14 @@ def decoded_images(labeled: LabeledSet, size: int, cache_dir: str | os.PathLike,
         log.warning("image cache %s has shape %s; rebuilding", path, arr.shape)
     refs = labeled.table["image"].tolist()
     workers = workers or min(4, os.cpu_count() or 1)
-    with atomic_path(path) as tmp, ThreadPoolExecutor(workers) as pool:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(n, size, size, 3))
-        for start in range(0, n, chunk):
-            part = refs[start:start + chunk]
-            out[start:start + len(part)] = list(pool.map(lambda r: decode_one(r, size), part))
-            if progress:
-                progress(start + len(part), n)
-        out.flush()
-        del out
+    with ThreadPoolExecutor(workers) as pool:
+
+        def parts() -> Iterator[np.ndarray]:
+            for start in range(0, n, chunk):
+                part = refs[start:start + chunk]
+                yield np.stack(list(pool.map(lambda r: decode_one(r, size), part)))
+                if progress:
+                    progress(start + len(part), n)
+
+        atomic_write_npy(path, parts(), shape=(n, size, size, 3), dtype=np.uint8)
     return np.load(path, mmap_mode="r")

@@ -2,7 +2,9 @@
 
 An image reference (the ``image`` column of a sample table) is either an absolute file path or
 ``<dataset dir>::<row>`` for a row of a ``datasets.Dataset.save_to_disk`` folder (with
-``::<column>`` appended when that dataset has more than one ``Image`` column).
+``::<column>`` appended when that dataset has more than one ``Image`` column), or
+``<file.parquet>::<row>[::<column>]`` for an image embedded in a Parquet file (the Hub layout;
+column ``image`` unless named).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def read_image_bytes(ref: str | os.PathLike) -> bytes:
                 f"image file {ref} does not exist; it moved since the data was read — "
                 "read the data again"
             ) from None
+    if os.path.isfile(parsed[0]):  # <file.parquet>::<row>: an image embedded in Parquet
+        return parquet_image_bytes(*parsed)
     return _hf_image_bytes(*parsed)
 
 
@@ -272,3 +276,40 @@ def image_value_bytes(value: Any, *, base: str) -> bytes:
         path = os.path.join(base, path)
     with open(path, "rb") as fh:
         return fh.read()
+
+
+# ---------------------------------------------------------------- images embedded in Parquet
+
+_PARQUET_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _parquet_column(path: str, column: str, mtime: float) -> Any:
+    """The image column of one Parquet file (the last two files read stay in memory)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=[column]).column(column)
+
+
+def parquet_image_bytes(path: str, row: int, column: str | None = None) -> bytes:
+    """The bytes of the image in row ``row`` of Parquet file ``path`` (a binary or
+    ``{bytes, path}`` cell, as the Hub layout stores them)."""
+    from omnifer.errors import OmniferError
+
+    column = column or "image"
+    try:
+        with _PARQUET_LOCK:
+            values = _parquet_column(path, column, os.path.getmtime(path))
+    except (KeyError, OSError, ValueError) as exc:
+        raise OmniferError(f"cannot read column {column!r} of {path} ({one_line(exc)}); read "
+                           "the data again") from None
+    if not 0 <= row < len(values):
+        raise OmniferError(f"row {row} is outside {path} ({len(values)} rows); read the data "
+                           "again")
+    value = values[row].as_py()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    try:
+        return image_value_bytes(value, base=os.path.dirname(path))
+    except FileNotFoundError:
+        raise OmniferError(f"row {row} of {path} holds no image") from None

@@ -59,6 +59,27 @@ def folder_label(name: str, order: LabelOrder = None) -> int | None:
         return None
 
 
+def order_mapping(order: Mapping[Any, Any]) -> dict[int, str]:
+    """An explicit label order as ``{int: name}``; a key that is not an integer or a name that
+    is not an expression is a one-line error (rows are never dropped for a typo in it)."""
+    try:
+        out = {int(k): str(v) for k, v in order.items()}
+    except (TypeError, ValueError):
+        raise OmniferError(
+            f"label_order mapping {dict(order)!r} must map integers to expression names"
+        ) from None
+    for key, name in out.items():
+        try:
+            canonical_expression(name, classes=EXPRESSIONS_WITH_CONTEMPT)
+        except OmniferError:
+            raise OmniferError(
+                f"label_order maps {key} to unknown expression {name!r}; known names are "
+                f"{', '.join(EXPRESSIONS_WITH_CONTEMPT)} (or synonyms such as happy): fix that "
+                "entry of label_order"
+            ) from None
+    return out
+
+
 class _ExpressionParser:
     """Maps expression values (names, integers in a label order) to canonical indices."""
 

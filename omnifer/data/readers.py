@@ -24,8 +24,8 @@ import numpy as np
 
 from omnifer.data.badfiles import BadFiles, check_policy
 from omnifer.data.images import hash_and_check
-from omnifer.data.parse import COLUMN_ROLES, LabelOrder, folder_label
-from omnifer.data.table import BadFile, LabeledSet, expression_vocabulary, make_table
+from omnifer.data.parse import COLUMN_ROLES, LabelOrder, folder_label, order_mapping
+from omnifer.data.table import BadFile, LabeledSet, deduplicate, expression_vocabulary, make_table
 from omnifer.errors import OmniferError, one_line
 from omnifer.labels import EXPRESSIONS_WITH_CONTEMPT, TASKS, au_name, au_names, dataset_order
 from omnifer.registry import Registry
@@ -74,8 +74,8 @@ def read_labeled(
 ) -> LabeledSet:
     """Read one labeled database (or a TOML description of several) into a ``LabeledSet``.
 
-    ``format`` is ``folder``, ``csv``, ``parquet``, ``hf`` or ``toml``; inferred from ``path``
-    when omitted. ``name`` is the source name (default: the folder or file name). ``tasks``
+    ``format`` is ``folder``, ``csv``, ``parquet``, ``hf``, ``hub`` or ``toml``; inferred from
+    ``path`` when omitted. ``name`` is the source name (default: the folder or file name). ``tasks``
     keeps only some of ``expression``, ``va``, ``au`` (the others become missing).
     ``label_order`` says how integer expression labels are numbered (``canonical``,
     ``affectnet``, ``fer2013``, ``rafdb``, ``expw``, ``affwild2`` or a mapping int -> name).
@@ -124,6 +124,8 @@ def _resolve_format(path: Path, fmt: str | None,
             f"cannot tell the format of {path} from its suffix {suffix or '(none)'}; use a "
             ".csv, .parquet or .toml file, a folder, or pass format="
         )
+    if is_published(path):
+        return "hub", path
     if is_saved_dataset(path):
         return "hf", path
     subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -150,6 +152,12 @@ def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
     return any((path / f).is_file() for f in ("dataset_info.json", "state.json",
                                               "dataset_dict.json"))
+
+
+def is_published(path: Path) -> bool:
+    """Whether ``path`` is a folder in the Hub layout (``data/*.parquet``, as ``omnifer
+    publish`` writes it or a Hub dataset repo is downloaded)."""
+    return (path / "data").is_dir() and any((path / "data").glob("*.parquet"))
 
 
 def default_name(path: Path) -> str:
@@ -183,12 +191,7 @@ def check_label_order(order: LabelOrder) -> LabelOrder:
     if order is None:
         return None
     if isinstance(order, Mapping):
-        try:
-            return {int(k): str(v) for k, v in order.items()}
-        except (TypeError, ValueError):
-            raise OmniferError(
-                f"label_order mapping {dict(order)!r} must map integers to expression names"
-            ) from None
+        return order_mapping(order)
     dataset_order(str(order))  # raises for an unknown name
     return str(order)
 
@@ -307,10 +310,10 @@ def finish(d: Draft, *, weight: float, on_bad_files: str | None,
     bad.close(d.source)
     bads = tuple(b for _, b in sorted(zip(order, bad.items), key=lambda x: x[0]))
     log.info("%s: %d samples read, %d bad rows dropped", d.source, len(keep), len(bads))
-    return LabeledSet(
+    return deduplicate(LabeledSet(
         table=table,
         expressions=expression_vocabulary(has_contempt),
         aus=au_names(d.au),
         bad=bads,
         sources=(d.source,),
-    )
+    ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ TAIL_COLUMNS: tuple[str, ...] = ("weight",)
 METADATA_KEY = b"omnifer.labeled_set"
 #: Version of that metadata's layout.
 METADATA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BadFile:
@@ -332,6 +335,34 @@ def relative_image(ref: str, folder: Path, root: Path) -> str:
     return os.path.relpath(resolved, folder.resolve())
 
 
+def deduplicate(labeled: LabeledSet) -> LabeledSet:
+    """``labeled`` with one row per sample id (the image's content): the first row of an image
+    stays, later rows of it are dropped, and one warning line counts them (those with the same
+    labels, and those whose labels differ from the kept row's, with an example)."""
+    t = labeled.table
+    codes, _ = pd.factorize(t["sample_id"])
+    first = np.full(codes.max() + 1 if len(codes) else 0, len(t), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(t)))
+    repeat = first[codes] != np.arange(len(t))
+    if not repeat.any():
+        return labeled
+    cols = ["expression", "valence", "arousal", *labeled.aus]
+    a = t[cols]
+    b = a.iloc[first[codes]].reset_index(drop=True)
+    same = (a.eq(b).fillna(False) | (a.isna() & b.isna())).all(axis=1).to_numpy(bool)
+    differ = np.flatnonzero(repeat & ~same)
+    example = ""
+    if len(differ):
+        i = int(differ[0])
+        example = (f"; e.g. {t['image'].iat[i]} repeats {t['image'].iat[first[codes[i]]]} with "
+                   "another label")
+    log.warning("%s: %d rows repeat an image read before and are dropped (%d with the same "
+                "labels, %d with different labels: the first row's labels are kept)%s",
+                ", ".join(labeled.sources), int(repeat.sum()), int(repeat.sum()) - len(differ),
+                len(differ), example)
+    return labeled.subset(~repeat)
+
+
 def combine(sets: Sequence[LabeledSet]) -> LabeledSet:
     """One set from several: AU vocabularies united (absent AUs are NaN), sources kept."""
     sets = list(sets)
@@ -367,4 +398,4 @@ def combine(sets: Sequence[LabeledSet]) -> LabeledSet:
     )
 
 
-__all__ = ["BadFile", "LabeledSet", "combine", "METADATA_KEY"]
+__all__ = ["BadFile", "LabeledSet", "combine", "deduplicate", "METADATA_KEY"]

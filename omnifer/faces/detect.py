@@ -7,6 +7,11 @@ returns, for every prior box, box offsets ``loc`` [1, N, 4], class probabilities
 [1, N, 2] (background, face) and landmark offsets [1, N, 10]. Priors tile feature maps of
 strides 8, 16 and 32 (two square sizes each); offsets decode with variances (0.1, 0.2) as in
 the original RetinaFace, followed by greedy non-maximum suppression.
+
+The network sees each image rescaled so that its long side is at most ``max_side`` pixels
+(large photos: fewer false faces on textures, and much faster) and its short side at least
+``min_side`` (tiny images: their faces are below the smallest prior otherwise); boxes and
+landmarks are mapped back to the input image's pixels.
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ class RetinaFaceDetector:
         min_face: int = 20,
         nms: float = 0.4,
         device: str = "cpu",
+        max_side: int = 1280,
+        min_side: int = 96,
     ) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise OmniferError(f"face detection needs onnxruntime, which is not installed; {_INSTALL}")
@@ -138,7 +145,11 @@ class RetinaFaceDetector:
             raise OmniferError(f"nms must lie in (0, 1], got {nms}; pass e.g. nms=0.4")
         if min_face < 0:
             raise OmniferError(f"min_face must be >= 0 pixels, got {min_face}; pass e.g. min_face=20")
+        if not 0 < min_side <= max_side:
+            raise OmniferError(f"min_side={min_side}, max_side={max_side}: need 0 < min_side <= "
+                               "max_side; pass e.g. min_side=96, max_side=1280")
         parse_device(device)
+        self.min_side, self.max_side = int(min_side), int(max_side)
         self.model_path = None if model_path is None else str(model_path)
         self.threshold = float(threshold)
         self.min_face = int(min_face)
@@ -167,7 +178,16 @@ class RetinaFaceDetector:
     def __call__(self, image: np.ndarray) -> list[Face]:
         """Faces in ``image`` (RGB uint8 [H, W, 3]), highest score first."""
         check_image(image)
+        original = np.array(image.shape[1::-1], dtype=np.float32)  # (width, height)
+        scale = self.scale_for(*image.shape[:2])
+        if scale != 1.0:
+            from PIL import Image
+
+            size = tuple(int(v) for v in np.maximum(np.round(original * scale), 1))
+            image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+                size, Image.BILINEAR))
         height, width = image.shape[:2]
+        factor = np.array([width, height], dtype=np.float32) / original
         batch = (image[..., ::-1].astype(np.float32) - _MEAN_BGR).transpose(2, 0, 1)[None]
         session = self._get_session()
         loc, conf, marks = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch)})
@@ -182,9 +202,14 @@ class RetinaFaceDetector:
         boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
         boxes = np.clip(boxes, 0, [width, height, width, height])
         landmarks = priors[:, None, :2] + marks * _VARIANCE[0] * priors[:, None, 2:]
+        boxes, landmarks = boxes / np.tile(factor, 2), landmarks / factor
         faces = []
         for i in _nms(boxes, scores, self.nms):
             x1, y1, x2, y2 = (float(v) for v in boxes[i])
             if min(x2 - x1, y2 - y1) >= self.min_face:
                 faces.append(Face((x1, y1, x2, y2), landmarks[i].astype(np.float32), float(scores[i])))
         return faces
+
+    def scale_for(self, height: int, width: int) -> float:
+        """The factor an image of ``height`` x ``width`` is resized by before detection."""
+        return min(self.max_side / max(height, width), max(1.0, self.min_side / min(height, width)))

@@ -9,7 +9,7 @@ trainer reads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from omnifer.config import StageConfig
 from omnifer.device import parse_device
 from omnifer.errors import OmniferError
 from omnifer.mining.engine import SCORES, Evidence, evidence, near_duplicates, select
+from omnifer.mining.leaks import HASH_BYTES, nearest
 
 SEARCHES = ("auto", "exact", "index")
 #: Held-out predictions a per-class threshold must rest on before its precision counts.
@@ -40,6 +41,9 @@ class MineConfig(StageConfig):
     per_class_max: int | None = None
     balance: float | None = None  #: cap each class at this ratio of the rarest mined class
     leak_threshold: float = 0.98
+    #: bits (of 576) within which a pool face's perceptual hash counts as a copy of an
+    #: evaluation image or its mirror (None: no hash check)
+    leak_hash_distance: int | None = 96
     target_precision: float | None = None
     holdout: float = 0.2  #: labeled share mined as if unlabeled, for the precision estimate
     search: str = "auto"  #: auto (exact on a flat index), exact, or index
@@ -51,13 +55,20 @@ class MineConfig(StageConfig):
         def bad(name: str, value: Any, want: str) -> OmniferError:
             return OmniferError(f"{name} is {value!r}; {want}")
 
+        for name, example in (("threshold", 0.9), ("margin", 0.05), ("balance", 3),
+                              ("leak_threshold", 0.98), ("target_precision", 0.95),
+                              ("holdout", 0.2)):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value):
+                raise bad(name, value, f"use a finite number, e.g. {example}")
         if self.threshold is None and self.target_precision is None:
             raise OmniferError("give --threshold (e.g. 0.9) or --target-precision (e.g. 0.95)")
         parse_device(self.device)
         for name in ("threshold", "leak_threshold"):
             value = getattr(self, name)
             if value is not None and not -1.0 <= value <= 1.0:
-                raise bad(name, value, "cosine similarity lies in [-1, 1]; use e.g. 0.9")
+                raise bad(name, value, "cosine similarity lies in [-1, 1]; use e.g. "
+                          f"{0.9 if name == 'threshold' else 0.98}")
         if not 0.0 <= self.margin <= 2.0:
             raise bad("margin", self.margin, "use a value in [0, 2], e.g. 0.05")
         if self.k < 1:
@@ -74,6 +85,12 @@ class MineConfig(StageConfig):
             raise bad("target_precision", self.target_precision, "use a value in (0, 1]")
         if not 0.0 < self.holdout < 1.0:
             raise bad("holdout", self.holdout, "use a share in (0, 1), e.g. 0.2")
+        bits = HASH_BYTES * 8
+        distance = self.leak_hash_distance
+        if distance is not None and (isinstance(distance, bool) or not isinstance(distance, int)
+                                     or not 0 <= distance <= bits):
+            raise bad("leak_hash_distance", self.leak_hash_distance,
+                      f"use a number of bits in [0, {bits}], e.g. 96")
         if self.search not in SEARCHES:
             raise bad("search", self.search, f"use one of {', '.join(SEARCHES)}")
 
@@ -137,8 +154,10 @@ class MineResult:
     notes: list[str] = field(default_factory=list)
 
 
-def check_classes(labels: np.ndarray, classes: Sequence[str]) -> None:
-    """Every class needs a labeled example: its evidence is undefined otherwise."""
+def check_classes(labels: np.ndarray, classes: Sequence[str],
+                  config: MineConfig | None = None) -> None:
+    """Every class needs a labeled example: its evidence is undefined otherwise. With
+    ``config``, its k must not exceed the labeled faces left after the calibration hold-out."""
     if len(labels) == 0:
         raise OmniferError("the labeled set has no face with an expression label; mining needs "
                            "labeled examples of every class (check --labeled)")
@@ -149,6 +168,18 @@ def check_classes(labels: np.ndarray, classes: Sequence[str]) -> None:
             f"class {empty[0]!r} has no labeled example{' (nor ' + ', '.join(map(repr, empty[1:])) + ')' if len(empty) > 1 else ''}; "
             "add labeled faces of it, or mine with a labeled set that covers every class"
         )
+    if config is not None:
+        left = len(labels) - sum(_held_count(int(n), config.holdout) for n in counts)
+        if config.k > left:
+            raise OmniferError(
+                f"k is {config.k} but the labeled set has {len(labels)} faces, {left} after "
+                f"holding out {config.holdout:g} of each class for calibration; use --k {left} "
+                "or less (e.g. 10), or add labeled faces")
+
+
+def _held_count(n: int, holdout: float) -> int:
+    """Labeled faces held out for calibration from a class of ``n``: at least one stays."""
+    return min(int(round(holdout * n)), n - 1) if n > 1 else 0
 
 
 def calibrate(labeled: np.ndarray, labels: np.ndarray, n_classes: int, config: MineConfig,
@@ -158,8 +189,7 @@ def calibrate(labeled: np.ndarray, labels: np.ndarray, n_classes: int, config: M
     held = np.zeros(len(labels), bool)
     for c in range(n_classes):
         idx = np.flatnonzero(labels == c)
-        take = int(round(config.holdout * len(idx))) if len(idx) > 1 else 0
-        held[rng.choice(idx, size=min(take, len(idx) - 1), replace=False)] = True
+        held[rng.choice(idx, size=_held_count(len(idx), config.holdout), replace=False)] = True
     ref = ~held
     ev = evidence(labeled[held], labeled[ref], labels[ref], n_classes, k=config.k,
                   score=config.score, prototypes=config.prototypes, floor=-1.0,
@@ -189,17 +219,22 @@ def class_thresholds(cal: Calibration, target: float, n_classes: int, *,
 
 def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: Sequence[str],
          config: MineConfig, index: Any = None, approximate: bool = False,
-         exclude: np.ndarray | None = None, progress: Any = None) -> MineResult:
+         exclude: np.ndarray | None = None, exclude_hashes: np.ndarray | None = None,
+         pool_hashes: Callable[[np.ndarray], np.ndarray] | None = None,
+         progress: Any = None) -> MineResult:
     """Mine ``pool`` (embeddings [n, D]) with the labeled embeddings and their classes.
 
     ``index`` is the pool's FAISS index; with ``approximate`` (not a flat index) and search
     auto or index, candidates come from it and are then scored exactly; otherwise every pool
     row is scored. ``exclude``: embeddings of evaluation images whose near duplicates
-    (cosine >= ``config.leak_threshold``) are never mined.
+    (cosine >= ``config.leak_threshold``) are never mined. ``exclude_hashes``: perceptual hashes
+    (``omnifer.mining.leaks``) of evaluation images; with ``pool_hashes`` (pool rows -> their
+    hashes, asked only for the rows that would be mined), pool faces within
+    ``config.leak_hash_distance`` bits of one are never mined either.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n_classes = len(classes)
-    check_classes(labels, classes)
+    check_classes(labels, classes, config)
     if pool.shape[1] != labeled.shape[1]:
         raise OmniferError(f"pool embeddings have dimension {pool.shape[1]} but labeled ones "
                            f"{labeled.shape[1]}; embed both with the model that built the index")
@@ -233,6 +268,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         ev = evidence(pool, labeled, labels, n_classes, floor=floor, progress=progress, **knobs)
     passed = _select(ev, thresholds, config)
     leaked = passed & excluded[ev.rows]
+    copies = _hash_copies(ev.rows, passed & ~leaked, exclude_hashes, pool_hashes, config)
+    leaked |= copies
     keep = np.flatnonzero(passed & ~leaked)
     keep = _cap(keep, ev.best[keep], ev.scores[keep, ev.best[keep]], config, n_classes)
     best = ev.best[keep]
@@ -240,7 +277,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     if use_index:
         recall = _recall(pool, labeled, labels, n_classes, ev.rows[passed], thresholds, config)
     counts = {"pool": len(pool), "candidates": len(ev.rows), "passed": int(passed.sum()),
-              "leak_excluded": int(leaked.sum()), "leak_near_duplicates": int(excluded.sum()),
+              "leak_excluded": int(leaked.sum()), "leak_excluded_hash": int(copies.sum()),
+              "leak_near_duplicates": int(excluded.sum()),
               "capped": int(passed.sum() - leaked.sum() - len(keep)), "mined": len(keep)}
     counts.update({f"mined_{c}": int((best == i).sum()) for i, c in enumerate(classes)})
     return MineResult(
@@ -249,6 +287,20 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, calibration=cal,
         estimate=cal.estimate(thresholds), counts=counts, evidence=ev, excluded=excluded,
         recall=recall, search="index" if use_index else "exact")
+
+
+def _hash_copies(rows: np.ndarray, check: np.ndarray, reference: np.ndarray | None,
+                 pool_hashes: Callable[[np.ndarray], np.ndarray] | None,
+                 config: MineConfig) -> np.ndarray:
+    """bool [r]: the ``check`` rows whose perceptual hash is within
+    ``config.leak_hash_distance`` bits of a ``reference`` hash."""
+    out = np.zeros(len(rows), bool)
+    if (reference is None or not len(reference) or pool_hashes is None
+            or config.leak_hash_distance is None or not check.any()):
+        return out
+    at = np.flatnonzero(check)
+    out[at] = nearest(pool_hashes(rows[at]), reference) <= config.leak_hash_distance
+    return out
 
 
 def _select(ev: Evidence, thresholds: np.ndarray, config: MineConfig) -> np.ndarray:

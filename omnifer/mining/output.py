@@ -3,7 +3,7 @@ images of pools the trainer cannot open by path (archives, tables, videos, detec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +71,42 @@ def export_images(source: Any, rows: pd.DataFrame, out_dir: str | Path, *, detec
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[str] = []
-    keys = rows["key"].tolist()
+    for r, item in _items(source, rows, chunk, progress):
+        data = item.data
+        if detected or not isinstance(data, bytes):
+            path = out_dir / f"{r.sample_id}.png"
+            if not path.is_file():
+                atomic_write_bytes(path, _png(_crop(item, r.landmarks if detected else None)))
+        else:
+            path = out_dir / f"{r.sample_id}{MAGIC.get(data[:2], '.img')}"
+            if not path.is_file():
+                atomic_write_bytes(path, data)
+        paths.append(str(path))
+    return paths
+
+
+def face_hashes(source: Any, rows: pd.DataFrame, *, detected: bool,
+                progress: Callable[[int, int], None] | None = None,
+                chunk: int = 256) -> np.ndarray:
+    """uint8 [n, HASH_BYTES]: the perceptual hash (``omnifer.mining.leaks``) of the face of
+    each row of ``rows`` (key, face, landmarks): the aligned crop of a detected face, the whole
+    decoded image otherwise."""
+    from omnifer.mining.leaks import image_hashes
+
+    return image_hashes(_crop(item, r.landmarks if detected else None)
+                        for r, item in _items(source, rows, chunk, progress))
+
+
+def _items(source: Any, rows: pd.DataFrame, chunk: int,
+           progress: Callable[[int, int], None] | None) -> Iterator[tuple[Any, Any]]:
+    """(row of ``rows`` as a named tuple, its pool item), reading ``chunk`` rows at a time."""
     for start in range(0, len(rows), chunk):
         part = rows.iloc[start:start + chunk]
         items = {it.key: it for it in source.read(list(dict.fromkeys(part["key"])))}
         for r in part.itertuples():
-            data = items[r.key].data
-            if detected or not isinstance(data, bytes):
-                path = out_dir / f"{r.sample_id}.png"
-                if not path.is_file():
-                    atomic_write_bytes(path, _png(_crop(items[r.key], r.landmarks if detected
-                                                        else None)))
-            else:
-                path = out_dir / f"{r.sample_id}{MAGIC.get(data[:2], '.img')}"
-                if not path.is_file():
-                    atomic_write_bytes(path, data)
-            paths.append(str(path))
+            yield r, items[r.key]
         if progress:
-            progress(min(start + chunk, len(keys)), len(keys))
-    return paths
+            progress(min(start + chunk, len(rows)), len(rows))
 
 
 def _crop(item: Any, landmarks: Any) -> np.ndarray:

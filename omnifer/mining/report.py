@@ -83,7 +83,9 @@ def summary_lines(result: MineResult, classes: Sequence[str]) -> list[str]:
              f"{c['candidates']} candidates, {c['passed']} passed threshold/margin/votes, "
              f"{c['capped']} dropped by caps"]
     lines.append(f"leak guard: {c['leak_near_duplicates']} pool faces are near duplicates of "
-                 f"evaluation images, {c['leak_excluded']} of them would have been mined")
+                 f"evaluation images or their mirror images; {c['leak_excluded']} faces that "
+                 f"would have been mined were dropped ({c.get('leak_excluded_hash', 0)} of them "
+                 "found by perceptual hash)")
     prec = "n/a" if est["precision"] is None else f"{est['precision']:.3f}"
     lines.append(f"held-out estimate: precision {prec}, coverage {est['coverage']:.3f} "
                  f"({est['kept']} of {est['held_out']} held-out labeled faces)")

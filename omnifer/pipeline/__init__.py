@@ -21,9 +21,11 @@ from omnifer.pipeline.distill_evaluate import distill_evaluate
 from omnifer.pipeline.index import index
 from omnifer.pipeline.mine import mine
 from omnifer.pipeline.progress import no_progress, tqdm_progress
+from omnifer.pipeline.publish import publish
+from omnifer.pipeline.publish_rebuild import rebuild
 from omnifer.pipeline.synth import synth
 from omnifer.synth.options import SynthOptions
 from omnifer.pipeline.train import evaluate, train
 
 __all__ = ["SynthOptions", "distill", "distill_evaluate", "evaluate", "index", "mine",
-           "no_progress", "synth", "tqdm_progress", "train"]
+           "no_progress", "publish", "rebuild", "synth", "tqdm_progress", "train"]

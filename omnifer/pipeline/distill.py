@@ -45,7 +45,9 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
             "(--with-labeled) or mine more faces (omnifer mine with a lower --threshold)")
     run_config = {"distill": config.to_dict(), "source": ws.portable(source_path),
                   "labeled": ws.portable(labeled_path) if labeled_path else None}
-    with ws.start_run("distill", config=run_config, inputs={"source": source_path},
+    inputs = {"source": source_path, "rows": resolve.rows_input(data),
+              **({"labeled": labeled_path} if labeled_path else {})}
+    with ws.start_run("distill", config=run_config, inputs=inputs,
                       seed=config.seed, device=config.device, resume=resume) as run:
         with bar(progress, "decoding", "img") as update:
             x, y = as_arrays(ws, data, config.size, update)

@@ -17,23 +17,28 @@ def image_cache(ws: Workspace) -> Path:
 
 
 def labeled_embeddings(ws: Workspace, data: Any, model: Path, device: str, *,
-                       progress: Progress | None = None, what: str = "embedding") -> np.ndarray:
-    """float16 ``[N, D]`` embeddings of ``data``'s images by the checkpoint at ``model``."""
+                       progress: Progress | None = None, what: str = "embedding",
+                       mirrored: bool = False) -> np.ndarray:
+    """float16 ``[N, D]`` embeddings of ``data``'s images by the checkpoint at ``model`` (with
+    ``mirrored``, of their mirror images)."""
     from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
     from omnifer.data.cache import cache_key, decoded_images
     from omnifer.models import read_model_config
     from omnifer.models.embedder import Embedder
 
     size = read_model_config(model).input_size
-    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
-                       "images": cache_key(data, size)})
+    parts = {"model": path_fingerprint(model / "model.safetensors"),
+             "images": cache_key(data, size)}
+    key = fingerprint({**parts, "mirrored": True} if mirrored else parts)
     path = ws.cache_dir / "embeddings" / f"{key}.npy"
     if path.is_file():
         return np.load(path)
     with bar(progress, what, "img") as update:
         images = decoded_images(data, size, image_cache(ws), progress=update)
     embedder = Embedder(model, device=device, batch_size=64)
-    emb = np.concatenate([embedder(images[i:i + 1024]) for i in range(0, len(images), 1024)]
+    step = -1 if mirrored else 1
+    emb = np.concatenate([embedder(np.ascontiguousarray(images[i:i + 1024, :, ::step]))
+                          for i in range(0, len(images), 1024)]
                          or [np.zeros((0, embedder.dim), np.float16)])
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

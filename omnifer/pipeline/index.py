@@ -52,9 +52,13 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
                                 progress=update)
         emb, ids, n = gather(result.shards, set(src.keys()), run.path)
         if n == 0:
+            c = result.counts
             raise OmniferError(
-                f"no face of pool {pool} could be embedded ({result.counts}); check the pool "
-                "(omnifer.pools.open_pool) or drop --detect for aligned crops")
+                f"no face of pool {pool} could be embedded: of its {len(src.keys())} images, "
+                f"{c['no_face']} had no face and {c['bad']} were unreadable in this run; "
+                + ("check that the images show faces, or lower --det-threshold or --min-face"
+                   if config.detect else "check the pool, or pass --detect retinaface for "
+                   "photos that are not aligned face crops"))
         index_dir, sidecar = build_pool_index(
             emb, run.path, factory=config.factory, device=config.device,
             extra={"model_fingerprint": embed.model_fingerprint, "ids": "ids.parquet"})

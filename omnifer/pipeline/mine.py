@@ -20,15 +20,15 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
     """Mine the pool of ``index`` (default: the latest index run) with ``labeled`` data
     (default: the latest synth run's labeled set). ``model`` must be the one that built the
     index (default: that model); pool faces near an image of ``exclude`` (default: the latest
-    synth run's test set) are never mined."""
-    import pandas as pd
-
+    synth run's test set) are never mined: faces whose embedding is that close to one of them
+    or to its mirror image, and faces whose perceptual hash is that close to one's."""
     from omnifer.artifacts import path_fingerprint, read_json
     from omnifer.mining import MineConfig, check_classes
     from omnifer.mining import mine as mine_pool
-    from omnifer.mining.output import export_images, mined_table, sample_ids
+    from omnifer.mining.output import export_images, face_hashes, mined_table, sample_ids
     from omnifer.mining.report import class_rows, summary_lines, write_report
     from omnifer.pools import open_pool
+    from omnifer.pools.index import load_index_outputs
 
     ws = resolve.workspace(workspace)
     config = config or MineConfig()
@@ -47,13 +47,12 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
     data = data.subset(data.masks()["expression"])
     classes = data.expressions
     labels = data.table["expression"].to_numpy(np.int64)
-    check_classes(labels, classes)
+    check_classes(labels, classes, config)
     exclude = list(exclude) if exclude else resolve.default_exclude(ws)
     with bar(progress, "reading evaluation data", "img") as update:
         held = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
                 for ref in exclude]
-    pool = np.load(index_run.embeddings, mmap_mode="r")
-    ids = pd.read_parquet(index_run.ids)
+    pool, ids = load_index_outputs(index_run.embeddings, index_run.ids)
     run_config = {"mine": dataclasses.asdict(config), "index": index_run.run_id,
                   "labeled": ws.portable(labeled_ref),
                   "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
@@ -64,14 +63,23 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
         labeled_emb = labeled_embeddings(ws, data, model_path, config.device, progress=progress,
                                          what="embedding labeled faces")
         held_emb = [labeled_embeddings(ws, h, model_path, config.device, progress=progress,
-                                       what="embedding evaluation faces") for h in held]
+                                       what="embedding evaluation faces", mirrored=mirrored)
+                    for h in held for mirrored in (False, True)]
+        held_hashes = [_image_hashes(ws, h, progress) for h in held]
         faiss_index, approximate = _pool_index(index_run, sidecar, config.search)
+        src = open_pool(index_run.pool, index_run.source, **index_run.source_options)
+
+        def pool_hashes(pool_rows: np.ndarray) -> np.ndarray:
+            with bar(progress, "hashing mined faces", "img") as update:
+                return face_hashes(src, ids.iloc[pool_rows], detected=index_run.detect is not None,
+                                   progress=update)
+
         with bar(progress, "mining", "face") as update:
             result = mine_pool(pool, labeled_emb, labels, classes=classes, config=config,
                                index=faiss_index, approximate=approximate,
                                exclude=np.concatenate(held_emb) if held_emb else None,
-                               progress=update)
-        src = open_pool(index_run.pool, index_run.source, **index_run.source_options)
+                               exclude_hashes=np.concatenate(held_hashes) if held else None,
+                               pool_hashes=pool_hashes, progress=update)
         rows = ids.iloc[result.rows].reset_index(drop=True)
         rows["sample_id"] = sample_ids(rows)
         with bar(progress, "exporting images", "img") as update:
@@ -93,6 +101,31 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
                      summary=summary_lines(result, classes))
     return MineRun.from_run(run)
+
+
+def _image_hashes(ws: Any, data: Any, progress: Progress | None) -> np.ndarray:
+    """Perceptual hashes of the images of ``data`` and of their mirror images, cached."""
+    from omnifer.artifacts import atomic_path, fingerprint
+    from omnifer.data.cache import cache_key
+    from omnifer.data.images import decode_image
+    from omnifer.mining.leaks import BITS, SIDE, image_hashes
+
+    key = fingerprint({"hash": f"dct{SIDE}x{BITS}", "images": cache_key(data, 0)})
+    path = ws.cache_dir / "hashes" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    refs = data.table["image"].tolist()
+    with bar(progress, "hashing evaluation faces", "img") as update:
+        def images() -> Any:
+            for i, ref in enumerate(refs):
+                yield decode_image(ref)
+                update(i + 1, len(refs))
+
+        hashes = image_hashes(images(), mirrored=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, hashes)
+    return hashes
 
 
 def _pool_index(run: IndexRun, sidecar: dict[str, Any], search: str) -> tuple[Any, bool]:

@@ -2,12 +2,14 @@
 
 References a stage accepts:
 
-- ``None`` or ``"latest"``: the newest complete run of the stage that produces the input;
+- ``None``, ``"latest"`` or ``"stage/latest"`` (``mine/latest``): the newest complete run of
+  the stage that produces the input;
 - a run id (or its unique prefix) or ``stage/run-id``; a train run as a model can name one
   ensemble member with ``@k`` (``train/<id>@1``);
 - a path: a data spec, folder or manifest, a run directory, or a checkpoint folder.
 
-Explicit references to runs that did not complete are refused with one line.
+Explicit references to runs that did not complete are refused with one line, whether given as
+a run id, a run directory or a folder inside one (a checkpoint of a killed train run).
 """
 
 from __future__ import annotations
@@ -48,17 +50,32 @@ def run(ws: Workspace, ref: Any, stage: str) -> RunRecord:
         found = ref
     else:
         found = ws.resolve(None if ref is None else str(ref), stage, hint=HINTS.get(stage, ""))
-    if found.status != "complete":
-        raise OmniferError(
-            f"run {found.ref} is {found.status}; finish it (run its command again to resume) "
-            f"or pass a complete {stage} run")
+    check_complete(found, stage)
     return cls.from_run(found)
+
+
+def check_complete(found: Run, stage: str) -> None:
+    """Refuse a run that did not complete, naming its state and how to finish it."""
+    if found.status == "complete":
+        return
+    state = found.state
+    fix = ("wait for it to finish" if state == "running" else
+           "finish it (run its command again to resume)")
+    raise OmniferError(f"run {found.ref} is {state}; {fix} or pass a complete {stage} run")
+
+
+def inside_complete_run(ws: Workspace, path: Path, stage: str) -> Path:
+    """``path`` (a run directory or a folder inside one) once its run is known complete."""
+    owner = Run(path) if (path / "manifest.json").is_file() else ws.owner(path)
+    if owner is not None:
+        check_complete(owner, stage)
+    return path
 
 
 def synth_output(ws: Workspace, ref: Any, output: str) -> str:
     """``ref`` when given, else the ``output`` (labeled or test) of the latest synth run."""
     if ref is not None:
-        return str(ref.path if isinstance(ref, RunRecord) else ref)
+        return str(data_path(ws, ref) if isinstance(ref, RunRecord) else ref)
     found = ws.latest("synth")
     if found is None:
         raise OmniferError(
@@ -84,9 +101,19 @@ def data_path(ws: Workspace, ref: Any) -> Path:
             raise OmniferError(f"run {ref.ref} has no dataset; pass a mine or distill run or a "
                                "data path")
         return ref.dataset
+    if isinstance(ref, str) and ref.startswith("hf://"):  # a Hub dataset repo, cached locally
+        from omnifer.hub.read import snapshot
+
+        return snapshot(ref)
     path = Path(ref)
+    if (path / "manifest.json").is_file():  # a run directory: the dataset it wrote
+        found = Run(path)
+        if found.stage not in ("mine", "distill"):
+            raise OmniferError(f"run {found.ref} has no dataset; pass a mine or distill run or "
+                               "a data path")
+        return run(ws, found, found.stage).dataset  # type: ignore[attr-defined]
     if path.exists():
-        return path
+        return inside_complete_run(ws, path, "mine or distill")
     stage = str(ref).split("/", 1)[0] if "/" in str(ref) else "mine"
     if stage not in ("mine", "distill"):
         raise OmniferError(f"{ref} is neither a path nor a mine or distill run; pass a data "
@@ -108,10 +135,22 @@ def read_data(ws: Workspace, ref: Any, *, on_bad_files: str | None = None,
     return read_labeled(path, on_bad_files=on_bad_files, progress=progress)
 
 
+def rows_input(data: Any) -> dict[str, Any]:
+    """An input record of a labeled set's content (image content ids and labels, not paths),
+    so that a resume notices an edited file that a data spec only points to."""
+    import hashlib
+
+    import pandas as pd
+
+    hashes = pd.util.hash_pandas_object(data.table.drop(columns="image"), index=False)
+    return {"rows": len(data), "fingerprint": hashlib.sha256(hashes.to_numpy().tobytes())
+            .hexdigest()[:16]}
+
+
 def train_run(ws: Workspace, ref: Any) -> Path:
     """A whole train run's folder (every ensemble member) or a checkpoint folder."""
     if ref is not None and not isinstance(ref, RunRecord) and Path(ref).exists():
-        return Path(ref).resolve()
+        return inside_complete_run(ws, Path(ref).resolve(), "train")
     return run(ws, ref, "train").path
 
 
@@ -121,7 +160,7 @@ def model_dir(ws: Workspace, ref: Any) -> Path:
     if isinstance(ref, (str, os.PathLike)) and Path(ref).exists():
         path = Path(ref).resolve()
         if (path / "model.json").is_file():
-            return path
+            return inside_complete_run(ws, path, "train")
         if (path / "manifest.json").is_file():
             return model_dir(ws, Run(path))
         raise OmniferError(f"no model at {path}: expected a checkpoint folder (model.json) or a "

@@ -42,6 +42,7 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
         sets = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
                 for ref in (data, *extra)]
     labeled = combine(sets) if len(sets) > 1 else sets[0]
+    inputs["rows"] = resolve.rows_input(labeled)
     with bar(progress, "decoding", "img") as update:  # cached for later runs
         decoded_images(labeled, config.input_size, image_cache(ws), progress=update)
     paths = [resolve.data_path(ws, ref) for ref in (data, *extra)]
@@ -76,6 +77,9 @@ def evaluate(workspace: Any = None, config: Any = None, *, model: Any = None, da
     data = resolve.synth_output(ws, data, "test")
     with bar(progress, "reading data", "img") as update:
         labeled = resolve.read_data(ws, data, on_bad_files=config.on_bad_files, progress=update)
+    if not len(labeled):
+        raise OmniferError(f"the evaluation data {data} has no samples; pass labeled test data "
+                           "with at least one image (--data)")
     run_config = {"model": ws.portable(path), "data": ws.portable(data)}
     with ws.start_run("evaluate", config=run_config, inputs={"model": path, "data": data},
                       device=str(dev), resume=False) as run:

@@ -5,12 +5,16 @@ The work unit is a shard of up to ``shard_size`` pool keys. Keys already embedde
 finished shard of this run, or of an earlier run over the same pool with the same config)
 are skipped, the rest are cut into new shards in listing order, so a killed run started
 again writes exactly the shards an uninterrupted run would have written, and files added to
-the pool later land in new shards of the next run. An engine (:data:`ENGINES`: ``local`` or
+the pool later land in new shards of the next run. A key of an earlier run that the pool no
+longer lists (a renamed, moved or deleted file) is counted as ``vanished``; an image whose
+only embedding belonged to such a key is embedded again under its new key. A shard that is
+missing or cannot be read is left out and its keys are embedded again. An engine (:data:`ENGINES`: ``local`` or
 ``ray``) reads the chunks; duplicates, counts, unreadable items and shard writing stay here.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,8 +27,10 @@ from omnifer.artifacts import ShardedWriter, fingerprint
 from omnifer.data.badfiles import BadFiles
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.engines import ENGINES
-from omnifer.pools.shards import shard_table_columns, write_shard
+from omnifer.pools.shards import readable_shards, shard_table_columns, write_shard
 from omnifer.pools.source import PoolSource
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 #: Unreadable items kept (key and reason) for the run's manifest; the count is always exact.
@@ -62,16 +68,22 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     t0 = time.perf_counter()
     writer = ShardedWriter(Path(out_dir) / "shards", config_fingerprint=fingerprint(asdict(config)))
     keys = source.keys()
-    done, seen = set(), set()
-    for path in [*inherited, *writer.shard_paths()]:
-        cols = shard_table_columns(path, ["key", "id", "status"])
-        done.update(cols["key"])
-        seen.update(i for i, s in zip(cols["id"], cols["status"]) if s == "ok")
+    listed = [*inherited, *writer.shard_paths()]
+    earlier = readable_shards(listed)
+    damaged = set(listed) - set(earlier)
+    done, seen, vanished = _earlier_work(earlier, keys)
     todo = [k for k in keys if k not in done]
     start = (max(writer.completed) + 1) if writer.completed else 0
     shards = [todo[i:i + config.shard_size] for i in range(0, len(todo), config.shard_size)]
     counts = {"items": 0, "faces": 0, "bad": 0, "no_face": 0, "duplicates": 0,
-              "reused": len(keys) - len(todo)}
+              "reused": len(keys) - len(todo), "vanished": len(vanished)}
+    if vanished:
+        log.warning("%d pool keys of earlier runs are gone (renamed, moved or deleted), e.g. %s; "
+                    "their images are embedded again where they reappear under new keys",
+                    len(vanished), min(vanished))
+    for item in source.unlisted():
+        counts["bad"] += 1
+        bad.add(BadItem(item.key, item.error))
     embed = _DriverEmbedder(config)
     for j, shard_keys in enumerate(shards):
         rows, embeddings, pending = [], [], []
@@ -98,7 +110,8 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
             embeddings.append(embed(np.concatenate(pending)))
         write_shard(writer, start + j, rows, embeddings)
     bad.close()
-    return EmbedResult([*inherited, *writer.shard_paths()], counts,
+    shard_paths = [p for p in [*inherited, *writer.shard_paths()] if p not in damaged]
+    return EmbedResult(shard_paths, counts,
                        time.perf_counter() - t0, [asdict(item) for item in bad.items])
 
 
@@ -116,6 +129,23 @@ class _DriverEmbedder:
             self.embedder = Embedder(self.config.model, device=self.config.device,
                                      batch_size=self.config.batch_size)
         return self.embedder(images)
+
+
+def _earlier_work(shards: Sequence[Path], keys: Sequence[str]
+                  ) -> tuple[set[str], set[str], set[str]]:
+    """What earlier shards already hold for the current ``keys``: the keys done, the content
+    ids embedded under a current key, and the earlier keys the pool no longer lists.
+
+    A key recorded as a duplicate counts as done only while the image it duplicates is still
+    embedded under a current key; otherwise it is embedded again."""
+    current = set(keys)
+    rows = []
+    for path in shards:
+        cols = shard_table_columns(path, ["key", "id", "status"])
+        rows += zip(cols["key"], cols["id"], cols["status"])
+    seen = {i for k, i, s in rows if s == "ok" and k in current}
+    done = {k for k, i, s in rows if k in current and (s != "duplicate" or i in seen)}
+    return done, seen, {k for k, _, _ in rows if k not in current}
 
 
 def _first_seen(rows: list[dict[str, Any]], seen: set[str]) -> list[bool]:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from omnifer.artifacts import atomic_path
+from omnifer.artifacts import atomic_path, atomic_write_npy
+from omnifer.errors import OmniferError, one_line
 
 ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
 
@@ -45,21 +46,40 @@ def gather(shards: Sequence[Path], keys: set[str] | None,
             shape = np.load(path.with_suffix(".npy"), mmap_mode="r").shape
             dim = shape[1] if len(shape) == 2 and shape[1] else None
     emb_path, ids_path = out_dir / "embeddings.npy", out_dir / "ids.parquet"
-    with atomic_path(emb_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim or 0))
-        pos = 0
-        for path, t in tables:
-            if t.num_rows:
-                rows = np.asarray(t["row"].to_numpy(), np.int64)
-                out[pos:pos + len(rows)] = np.load(path.with_suffix(".npy"), mmap_mode="r")[rows]
-                pos += len(rows)
-        out.flush()
-        del out
+    parts = (np.load(path.with_suffix(".npy"), mmap_mode="r")[
+        np.asarray(t["row"].to_numpy(), np.int64)] for path, t in tables if t.num_rows)
+    atomic_write_npy(emb_path, parts, shape=(n, dim or 0), dtype=np.float16)
     ids = pa.concat_tables([t.select(list(ID_COLUMNS)) for _, t in tables]) if tables else \
         pa.table({c: pa.array([], pa.string()) for c in ID_COLUMNS})
     with atomic_path(ids_path) as tmp:
         pq.write_table(ids, tmp)
     return emb_path, ids_path, n
+
+
+def load_index_outputs(embeddings: Path, ids: Path) -> tuple[np.ndarray, Any]:
+    """The embeddings (read-only memory map) and the ids table (pandas) of an index run; a
+    missing, truncated or damaged file, or the two disagreeing, is a one-line error."""
+    import pandas as pd
+
+    fix = "index the pool again with omnifer index (it reuses the embedded shards)"
+    try:
+        vectors = np.load(embeddings, mmap_mode="r")
+        if vectors.ndim != 2:
+            raise ValueError(f"shape {vectors.shape} is not [faces, dim]")
+    except Exception as exc:  # any damage: missing, truncated or not an array
+        raise OmniferError(f"pool embeddings {embeddings} cannot be read ({one_line(exc)}); "
+                           f"{fix}") from None
+    try:
+        table = pd.read_parquet(ids)
+        missing = [c for c in ID_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"columns {missing} are missing")
+    except Exception as exc:  # any damage: missing, truncated or not Parquet
+        raise OmniferError(f"pool ids {ids} cannot be read ({one_line(exc)}); {fix}") from None
+    if len(table) != len(vectors):
+        raise OmniferError(f"pool ids {ids} has {len(table)} rows for {len(vectors)} embeddings "
+                           f"in {embeddings}; {fix}")
+    return vectors, table
 
 
 def build_pool_index(embeddings: Path, out_dir: str | Path, *, factory: str = "auto",

@@ -4,10 +4,14 @@ plus ``shards/shard-NNNNN.npy`` (float16 embeddings of the ``ok`` rows, in order
 Table columns: ``key``, ``id`` = content hash of the image bytes, ``face`` number, ``status`` =
 ok | duplicate | bad | no_face, ``reason``, ``box``, ``landmarks``, ``det_score``, ``row`` (the
 row of the embeddings, -1 for rows that have none).
+
+A shard whose files are missing or damaged is left out by :func:`readable_shards`, so that its
+keys are embedded again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from omnifer.artifacts import ShardedWriter, atomic_path
+from omnifer.errors import one_line
+
+log = logging.getLogger(__name__)
 
 
 def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
@@ -23,6 +30,28 @@ def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[An
 
     table = pq.read_table(path, columns=list(columns))
     return {c: table.column(c).to_pylist() for c in columns}
+
+
+def readable_shards(paths: Sequence[Path]) -> list[Path]:
+    """The shards of ``paths`` whose table and embeddings can be read and agree; each other one
+    is named in a warning."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = []
+    for path in paths:
+        try:
+            table = pq.read_table(path, columns=["key", "id", "status", "row"])
+            emb = np.load(path.with_suffix(".npy"), mmap_mode="r")
+            ok = int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+            if emb.ndim != 2 or len(emb) != ok:
+                raise ValueError(f"{len(emb)} embeddings for {ok} embedded rows")
+        except Exception as exc:  # any damage: missing, truncated or foreign files
+            log.warning("shard %s is missing or damaged (%s); its pool items are embedded "
+                        "again", path, one_line(exc))
+            continue
+        out.append(path)
+    return out
 
 
 def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],

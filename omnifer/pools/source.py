@@ -133,6 +133,7 @@ class PoolSource:
         check_exists(self.path)
         self.options = self._check_options(options)
         self._keys: list[str] | None = None
+        self._unlisted: list[PoolItem] = []
         self._handles: dict[str, BinaryIO] = {}
         self._pid = os.getpid()
         for attr in self._transient:
@@ -160,6 +161,12 @@ class PoolSource:
     def keys(self) -> list[str]:
         """Every item's key, in a stable order (listed once, then remembered)."""
         return list(self._listed())
+
+    def unlisted(self) -> list[PoolItem]:
+        """Entries of the pool that could not become keys (an unreadable folder, a name that is
+        not UTF-8, a broken symlink, a FIFO ...), each with ``error`` set; found by listing."""
+        self._listed()
+        return list(self._unlisted)
 
     def describe(self) -> dict[str, Any]:
         """Name, path, options and item count, for a run manifest."""
@@ -230,15 +237,12 @@ def check_exists(path: Path) -> None:
         raise OmniferError(f"pool path {path} does not exist; check the path")
 
 
-def walk(root: Path) -> Iterator[str]:
-    """Relative POSIX paths of the files below ``root``, hidden files and folders skipped."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        for f in sorted(filenames):
-            if not f.startswith("."):
-                yield prefix + f
+def walk(root: Path, skipped: list[tuple[str, str]] | None = None) -> Iterator[str]:
+    """Relative POSIX paths of the regular files below ``root``, hidden files and folders
+    skipped; what cannot be read as a file goes to ``skipped`` (see ``walk_files``)."""
+    from omnifer.artifacts import walk_files
+
+    return walk_files(root, skipped=skipped)
 
 
 def suffix(name: str) -> str:

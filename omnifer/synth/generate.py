@@ -149,8 +149,11 @@ def generate(
         if workers > 1:
             import multiprocessing as mp
 
+            from omnifer.data.workers import exit_with_parent
+
             run_map = stack.enter_context(ProcessPoolExecutor(
-                max_workers=workers, mp_context=mp.get_context("spawn"))).map
+                max_workers=workers, mp_context=mp.get_context("spawn"),
+                initializer=exit_with_parent, initargs=(os.getpid(),))).map
         for chunk, res in zip(chunks, run_map(run_chunk, chunks)):
             results[(chunk.split, chunk.index)] = res
             done += chunk.n

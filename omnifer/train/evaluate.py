@@ -29,14 +29,16 @@ def task_metrics(pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], *,
         p = probs.argmax(1)
         c = len(expressions)
         acc, f1 = M.accuracy(y, p), M.macro_f1(y, p, c)
-        prior = np.bincount(y, minlength=c) / len(y)
+        majority = np.full_like(y, np.bincount(y, minlength=c).argmax())
         result["expression"] = {
             "n": int(m.sum()), "accuracy": acc, "macro_f1": f1, "abaw": M.abaw_expr_score(f1, acc),
             "f1_per_class": dict(zip(expressions, M.f1_per_class(y, p, c).tolist())),
             "ece_before": M.ece(raw, y), "ece_after": M.ece(probs, y),
             "nll_before": M.nll(raw, y), "nll_after": M.nll(probs, y),
             "confusion": M.confusion_matrix(y, p, c).tolist(),
-            "chance": {"accuracy": float(prior.max()), "macro_f1": 1.0 / np.count_nonzero(prior)},
+            # always answering the most frequent class: the floor a model must beat
+            "majority": {"accuracy": M.accuracy(y, majority),
+                         "macro_f1": M.macro_f1(y, majority, c)},
         }
     m = arrays["va_mask"]
     if "va" in pred and m.sum() >= 2:

@@ -31,7 +31,7 @@ from omnifer.data.batches import BatchMaker
 from omnifer.data.cache import decoded_images
 from omnifer.data.samplers import balance_report, balance_weights, source_shares
 from omnifer.data.table import LabeledSet
-from omnifer.errors import OmniferError
+from omnifer.errors import OmniferError, one_line
 from omnifer.labels import TASKS
 from omnifer.models import (ModelConfig, MultitaskModel, build_model, load_checkpoint,
                             load_models, resolve_device, save_checkpoint)
@@ -60,15 +60,20 @@ class TrainResult:
 
 def split_validation(labeled: LabeledSet, fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Per source, a random ``fraction`` of rows (none for sources under 10 rows)."""
+    """Per source, a random ``fraction`` of its images (none for sources under 10 rows); all
+    rows of one image (sample id), in any source, fall on the same side."""
     rng = np.random.default_rng(seed)
     src = labeled.table["source"].to_numpy(dtype=object)
+    sid = labeled.table["sample_id"].to_numpy(dtype=object)
+    repeat = labeled.table["sample_id"].duplicated().to_numpy(bool)
     val = []
     for name in labeled.sources:
         rows = np.flatnonzero(src == name)
         if len(rows) >= 10:
-            val.append(rng.permutation(rows)[:round(fraction * len(rows))])
-    val_rows = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+            images = rows[~repeat[rows]]
+            val.append(rng.permutation(images)[:round(fraction * len(images))])
+    picked = sid[np.concatenate(val)] if val else np.zeros(0, object)
+    val_rows = np.flatnonzero(np.isin(sid, picked))
     return np.setdiff1d(np.arange(len(labeled)), val_rows), val_rows
 
 
@@ -237,12 +242,18 @@ def _train_member(k: int, member_dir: Path, *, mcfg: ModelConfig, config: TrainC
     st: dict[str, Any] = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "done": False,
                           "history": []}
     if state_path.is_file():
-        saved = torch.load(state_path, weights_only=True, map_location=device)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["generator"])
-        st = saved["state"]
+        try:
+            saved = torch.load(state_path, weights_only=True, map_location=device)
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"])
+            st = saved["state"]
+        except Exception as exc:  # any damage: truncated, foreign or from another model
+            raise OmniferError(
+                f"training state {state_path} is damaged ({one_line(exc)}); run again with "
+                "--fresh to start a new run (or delete the file to restart this member)"
+            ) from None
         log.info("member %d: resuming after epoch %d", k, st["epoch"])
     if progress:
         progress(st["epoch"] * steps, 0)

@@ -1,5 +1,9 @@
 """The ``folder`` format: ``ROOT/<expression name>/**/<image>``, expression labels from the
-class-folder names (numbered folders need a ``label_order``)."""
+class-folder names (numbered folders need a ``label_order``).
+
+What cannot be read as an image file below a class folder (an unreadable folder, a name that is
+not UTF-8, a broken symlink, a symlink loop, a FIFO) is a bad row under ``on_bad_files``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omnifer.artifacts import walk_files
 from omnifer.data.images import IMAGE_EXTENSIONS
 from omnifer.data.parse import LabelOrder, folder_label
 from omnifer.data.readers import Draft, Progress, default_name, finish, register_reader
@@ -45,6 +50,7 @@ def read_folder(path: Path, *, name: str | None = None, tasks: frozenset[str] | 
         )
     files: list[str] = []
     labels: list[int] = []
+    reasons: list[str | None] = []
     declares_contempt = False
     for d in class_dirs:
         idx = folder_label(d.name, label_order)
@@ -63,6 +69,7 @@ def read_folder(path: Path, *, name: str | None = None, tasks: frozenset[str] | 
         found = _images_below(d)
         files.extend(found)
         labels.extend([idx] * len(found))
+        reasons.extend(found.values())
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if loose:
         log.warning("%s: %d images directly in %s have no class folder and are ignored",
@@ -80,16 +87,21 @@ def read_folder(path: Path, *, name: str | None = None, tasks: frozenset[str] | 
         expression=np.asarray(labels, dtype=np.int16),
         valence=np.full(n, np.nan, dtype=np.float32),
         arousal=np.full(n, np.nan, dtype=np.float32),
+        reasons=reasons,
         declares_contempt=declares_contempt,
     )
     return finish(draft, weight=weight, on_bad_files=on_bad_files, progress=progress)
 
 
-def _images_below(folder: Path) -> list[str]:
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(os.path.join(dirpath, f))
+def _images_below(folder: Path) -> dict[str, str | None]:
+    """``{path: None}`` of the image files below ``folder``, then ``{path: why it cannot be
+    read}`` of the image names and folders that are not readable files."""
+    def image(rel: str) -> bool:
+        return os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+
+    skipped: list[tuple[str, str]] = []
+    out: dict[str, str | None] = {os.path.join(folder, rel): None
+                                  for rel in walk_files(folder, skipped=skipped) if image(rel)}
+    out.update((os.path.join(folder, rel), reason) for rel, reason in skipped
+               if rel.endswith("/") or image(rel))
     return out

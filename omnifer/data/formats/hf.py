@@ -26,7 +26,7 @@ def read_hf(path: Path, *, name: str | None = None, tasks: frozenset[str] | None
             weight: float = 1.0, on_bad_files: str | None = None,
             progress: Progress | None = None) -> LabeledSet:
     """A ``datasets.Dataset.save_to_disk`` folder with an ``Image`` column."""
-    from datasets import ClassLabel, Value, load_from_disk
+    from datasets import load_from_disk
     from datasets import Image as HFImage
 
     from omnifer.data import images as _images
@@ -52,10 +52,7 @@ def read_hf(path: Path, *, name: str | None = None, tasks: frozenset[str] | None
     where = root
     feats = ds.features
     columns = dict(columns or {})
-    class_labels = [c for c, f in feats.items() if isinstance(f, ClassLabel)]
-    if ("expression" not in columns and "expression" not in ds.column_names
-            and len(class_labels) == 1 and (tasks is None or "expression" in tasks)):
-        columns["expression"] = class_labels[0]  # e.g. the conventional "label" ClassLabel
+    default_expression(columns, feats, tasks)
     roles = resolve_columns(list(ds.column_names), columns, tasks, where)
     image_cols = [c for c, f in feats.items() if isinstance(f, HFImage)]
     col = roles.get("image")
@@ -76,24 +73,7 @@ def read_hf(path: Path, *, name: str | None = None, tasks: frozenset[str] | None
     if not label_cols:
         log.warning("%s: %s has no label columns; its samples carry no labels", name, where)
     df = ds.select_columns(label_cols).to_pandas() if label_cols else pd.DataFrame(index=range(len(ds)))
-    declares_contempt = False
-    if "expression" in roles:
-        feat = feats[roles["expression"]]
-        if isinstance(feat, ClassLabel):
-            names = list(feat.names)
-            declares_contempt = any(n.strip().lower() == "contempt" for n in names)
-
-            def to_name(v: Any) -> Any:
-                if is_missing(v) or int(v) == -1:
-                    return None
-                return names[int(v)] if 0 <= int(v) < len(names) else int(v)
-
-            df[roles["expression"]] = df[roles["expression"]].map(to_name).astype(object)
-        elif not isinstance(feat, Value):
-            raise OmniferError(
-                f"{where} column {roles['expression']!r} is {feat!r}; expression needs a "
-                "ClassLabel, integers or names"
-            )
+    declares_contempt = class_label_names(df, roles, feats, where)
     labels = parse_labels(df, roles, label_order=label_order, where=where)
     n = len(ds)
     ref_col = col if len(image_cols) > 1 else None
@@ -128,3 +108,42 @@ def read_hf(path: Path, *, name: str | None = None, tasks: frozenset[str] | None
         declares_contempt=declares_contempt,
     )
     return finish(draft, weight=weight, on_bad_files=on_bad_files, progress=progress)
+
+
+def default_expression(columns: dict[str, str], feats: Any,
+                       tasks: frozenset[str] | None) -> None:
+    """Map ``expression`` to the only ``ClassLabel`` column (e.g. the conventional ``label``)
+    when no column is named ``expression`` and ``columns`` names none."""
+    from datasets import ClassLabel
+
+    class_labels = [c for c, f in feats.items() if isinstance(f, ClassLabel)]
+    if ("expression" not in columns and "expression" not in feats and len(class_labels) == 1
+            and (tasks is None or "expression" in tasks)):
+        columns["expression"] = class_labels[0]
+
+
+def class_label_names(df: pd.DataFrame, roles: Mapping[str, str], feats: Any,
+                      where: str) -> bool:
+    """Turn a ``ClassLabel`` expression column of ``df`` into names (-1: missing), in place;
+    returns whether its names include contempt."""
+    from datasets import ClassLabel, Value
+
+    if "expression" not in roles:
+        return False
+    feat = feats[roles["expression"]]
+    if isinstance(feat, ClassLabel):
+        names = list(feat.names)
+
+        def to_name(v: Any) -> Any:
+            if is_missing(v) or int(v) == -1:
+                return None
+            return names[int(v)] if 0 <= int(v) < len(names) else int(v)
+
+        df[roles["expression"]] = df[roles["expression"]].map(to_name).astype(object)
+        return any(n.strip().lower() == "contempt" for n in names)
+    if not isinstance(feat, Value):
+        raise OmniferError(
+            f"{where} column {roles['expression']!r} is {feat!r}; expression needs a "
+            "ClassLabel, integers or names"
+        )
+    return False

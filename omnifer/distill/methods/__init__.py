@@ -135,11 +135,21 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
     if checkpoint is not None and os.path.exists(checkpoint):
         start, history, seconds = load_checkpoint(checkpoint, fingerprint(config), run, iterations)
 
+    def diverged(what: str, done: int) -> OmniferError:
+        return OmniferError(
+            f"{method} distillation {what} at iteration {done} of {iterations}: the synthetic "
+            f"images diverged; lower --lr-images (now {lr_images:g}) or check the source images")
+
     t0 = time.perf_counter()
     for it in range(start, iterations):
-        history.append(impl.step(run))
+        loss = impl.step(run)
         done = it + 1
+        if not math.isfinite(loss):
+            raise diverged(f"loss is {loss}", done)
+        history.append(loss)
         if checkpoint is not None and (done % checkpoint_every == 0 or done == iterations):
+            if not all(bool(torch.isfinite(v).all()) for v in run.learnables.values()):
+                raise diverged("made the images NaN or infinite", done)
             save_checkpoint(checkpoint, fingerprint(config), run, done, history,
                             seconds + time.perf_counter() - t0)
         if progress is not None:

@@ -1,14 +1,17 @@
 """The local engine: chunks of keys read in DataLoader worker processes on this machine.
 
 It hands back chunks without embeddings; the driver (``embed_pool``) embeds the crops in
-batches, duplicates left out.
+batches, duplicates left out. Workers end when the driver process dies.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
+from omnifer.data.workers import exit_with_parent
 from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.source import PoolSource
@@ -37,7 +40,8 @@ def local_chunks(source: PoolSource, keys: list[str], *, config: EmbedConfig,
     chunks = [keys[i:i + CHUNK] for i in range(0, len(keys), CHUNK)]
     data = ChunkDataset(source, chunks, config.input_size, make_detector(config))
     loader = DataLoader(data, batch_size=None, num_workers=workers, collate_fn=_identity,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None,
+                        worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     for chunk in loader:
         yield chunk, None
 

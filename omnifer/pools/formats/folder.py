@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,18 +35,33 @@ class FolderSource(PoolSource):
                                "tree of images")
 
     def _list(self) -> list[str]:
-        return sorted(f for f in walk(self.path) if suffix(f) in IMAGE_EXTENSIONS)
+        skipped: list[tuple[str, str]] = []
+        keys = sorted(f for f in walk(self.path, skipped) if suffix(f) in IMAGE_EXTENSIONS)
+        self._unlisted = [PoolItem(name, None, reason) for name, reason in skipped
+                          if name.endswith("/") or suffix(name) in IMAGE_EXTENSIONS]
+        return keys
 
     def read(self, keys: Sequence[str]) -> Iterator[PoolItem]:
         for key in keys:
             path = self.path.joinpath(*str(key).split("/"))
             try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
+                data = read_regular_file(path)
             except FileNotFoundError:
                 yield PoolItem(key, None, f"image file not found: {path}")
                 continue
             except OSError as exc:
                 yield PoolItem(key, None, f"cannot read {path} ({one_line(exc)})")
                 continue
-            yield PoolItem(key, data) if data else PoolItem(key, None, f"{path} is empty")
+            if data is None:
+                yield PoolItem(key, None, f"{path} is not a regular file")
+            else:
+                yield PoolItem(key, data) if data else PoolItem(key, None, f"{path} is empty")
+
+
+def read_regular_file(path: Path) -> bytes | None:
+    """The bytes of ``path``, or None when it is not a regular file (a FIFO is never waited on)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fh.read()
