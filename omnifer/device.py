@@ -55,14 +55,23 @@ def is_gpu(device: str | Any = "auto") -> bool:
     return resolve_device(device).type == "cuda"
 
 
+def import_faiss() -> Any:
+    """The ``faiss`` module, or a one-line error saying which extra installs it."""
+    try:
+        import faiss
+    except ImportError:
+        raise OmniferError("FAISS is not installed; install one FAISS build: pip install "
+                           "'omnifer[cpu]' (or 'omnifer[gpu]' on CUDA machines)") from None
+    return faiss
+
+
 def faiss_gpus(device: str | Any = "auto") -> list[int]:
     """The GPU ids FAISS uses for ``device``: none for ``cpu`` or when FAISS has no GPU
     support, every visible GPU for ``auto`` and ``cuda``, one for ``cuda:N``."""
     kind, index = parse_device(device)
     if kind == "cpu":
         return []
-    import faiss
-
+    faiss = import_faiss()
     available = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if available == 0:
         if kind == "cuda":

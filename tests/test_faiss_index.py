@@ -288,3 +288,15 @@ def test_import_is_cheap():
             "print('faiss' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_missing_faiss_is_one_line(monkeypatch):
+    """A plain install without a FAISS extra gets the install command, not an ImportError."""
+    import sys
+
+    from omnifer.errors import OmniferError
+    from omnifer.pools.faiss_index import build_index
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(OmniferError, match=r"FAISS is not installed.*omnifer\[cpu\]"):
+        build_index(np.eye(4, dtype=np.float32), factory="Flat", device="cpu")

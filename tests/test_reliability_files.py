@@ -196,9 +196,12 @@ def test_injected_enospc_while_gathering_is_one_line(pool, model_dir, tmp_path, 
     assert not tmp_files(tmp_path / "ws")
     manifest = next((tmp_path / "ws").glob(".omnifer/runs/index/*/manifest.json"))
     assert json.loads(manifest.read_text())["status"] == "failed"
+    shards = {p: p.stat().st_mtime_ns for p in manifest.parent.glob("shards/*.parquet")}
     monkeypatch.undo()
     rec = pipeline.index(tmp_path / "ws", config, pool=pool, model=model_dir)
-    assert rec.counts["reused"] == rec.counts["indexed"] == len(open_pool(pool).keys())
+    assert rec.path == manifest.parent  # the failed run resumed, its shards kept as written
+    assert shards and all(p.stat().st_mtime_ns == t for p, t in shards.items())
+    assert rec.counts["items"] == rec.counts["indexed"] == len(open_pool(pool).keys())
 
 
 # ====================================================================== 7: orphaned workers
@@ -498,3 +501,18 @@ def test_a_pool_without_faces_is_one_readable_line(astronaut, model_dir, tmp_pat
         pipeline.index(tmp_path / "ws", IndexConfig(detect="retinaface", workers=0, device="cpu"),
                        pool=pool, model=model_dir)
     one_line(err, "of its 3 images, 3 had no face", "--det-threshold")
+
+
+def test_full_disk_while_saving_train_state_is_one_line(tmp_path, monkeypatch):
+    """A checkpoint that does not fit: one line naming the folder, no temporary file left."""
+    import pathlib
+
+    from omnifer.train.loop import save_torch
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(OmniferError, match=f"no space left on device in {tmp_path}"):
+        save_torch({"weights": np.zeros(3)}, tmp_path / "state.pt")
+    assert list(tmp_path.iterdir()) == []

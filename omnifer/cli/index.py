@@ -52,7 +52,8 @@ def command(ctx: Context, pool: str, model_ref: str | None, config_file: str | N
         f"  this run: {c['items']} images in {seconds:.1f}s ({rate:.0f} images/s), "
         f"{c['faces']} faces embedded, {c['bad']} unreadable skipped, "
         f"{c['no_face']} without a face, {c['duplicates']} exact duplicates, "
-        f"{c['reused']} reused from earlier runs",
+        f"{c['reused']} reused from earlier runs"
+        + (f", {c['vanished']} keys of earlier runs gone" if c.get("vanished") else ""),
         f"  index: {s['factory']} ({s['similarity']}), dim {s['dim']}, {rec.index}",
         ctx.next("mine --threshold 0.9"),
     ]

@@ -27,7 +27,8 @@ from omnifer.artifacts import ShardedWriter, fingerprint
 from omnifer.data.badfiles import BadFiles
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.engines import ENGINES
-from omnifer.pools.shards import readable_shards, shard_table_columns, write_shard
+from omnifer.pools.shards import (readable_shards, shard_table_columns, status_counts,
+                                  write_shard)
 from omnifer.pools.source import PoolSource
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
                inherited: Sequence[Path] = (), workers: int = 2, on_bad_files: str = "warn",
                engine: str = "local", progress: Progress | None = None) -> EmbedResult:
     """Embed every key of ``source`` not already in ``inherited`` shards or finished shards of
-    ``out_dir``; returns all shard tables of the pool and the counts of this call."""
+    ``out_dir``; returns all shard tables of the pool and the counts of the run (the items of
+    its earlier invocations included)."""
     run = ENGINES.get(engine)
     bad = BadFiles(on_bad_files, what="unreadable pool item", keep=MAX_BAD_ITEMS,
                    fix="pass --on-bad-files skip (or warn) to skip unreadable items and count "
@@ -75,8 +77,10 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     todo = [k for k in keys if k not in done]
     start = (max(writer.completed) + 1) if writer.completed else 0
     shards = [todo[i:i + config.shard_size] for i in range(0, len(todo), config.shard_size)]
-    counts = {"items": 0, "faces": 0, "bad": 0, "no_face": 0, "duplicates": 0,
-              "reused": len(keys) - len(todo), "vanished": len(vanished)}
+    # a resumed run counts what its own earlier invocations wrote too; "reused" is what
+    # earlier runs (inherited shards) held
+    counts = status_counts([p for p in earlier if p not in set(inherited)], set(keys))
+    counts.update(reused=len(keys) - len(todo) - counts["items"], vanished=len(vanished))
     if vanished:
         log.warning("%d pool keys of earlier runs are gone (renamed, moved or deleted), e.g. %s; "
                     "their images are embedded again where they reappear under new keys",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from omnifer.artifacts import atomic_path, atomic_write_json, read_json
-from omnifer.device import faiss_gpus
+from omnifer.device import faiss_gpus, import_faiss
 from omnifer.errors import OmniferError, one_line
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def to_gpu(index: Any, gpus: Sequence[int]) -> Any | None:
     stays on the CPU, and a warning says so). The copy keeps the index's search parameters."""
     if not gpus:
         return None
-    import faiss
+    faiss = import_faiss()
 
     try:
         return faiss.index_cpu_to_gpus_list(index, gpus=list(gpus))
@@ -115,14 +115,14 @@ def to_gpu(index: Any, gpus: Sequence[int]) -> Any | None:
 
 def to_cpu(index: Any) -> Any:
     """A CPU copy of a GPU ``index``; a CPU index as it is."""
-    import faiss
+    faiss = import_faiss()
 
     return faiss.index_gpu_to_cpu(index) if is_gpu_index(index) else index
 
 
 def is_gpu_index(index: Any) -> bool:
     """Whether ``index`` lives on GPUs (one GPU, or replicas or shards over several)."""
-    import faiss
+    faiss = import_faiss()
 
     if isinstance(index, (faiss.IndexReplicas, faiss.IndexShards)):  # multi-GPU copies
         return index.count() > 0 and is_gpu_index(index.at(0))
@@ -146,7 +146,7 @@ def build_index(vectors: np.ndarray, *, factory: str = "auto", device: str = "au
     _check_count("train_size", train_size)
     _check_count("add_batch", add_batch)
     n, dim = x.shape
-    import faiss
+    faiss = import_faiss()
 
     if factory == "auto":
         factory = choose_factory(n, dim)
@@ -194,7 +194,7 @@ def write_index(index: Any, directory: str | os.PathLike, *, factory: str, count
                 extra: dict[str, Any] | None = None) -> Path:
     """Write ``directory/index.faiss`` and its sidecar ``directory/index.json``; return the
     index path. GPU indexes are copied to the CPU first; both writes are atomic."""
-    import faiss
+    faiss = import_faiss()
 
     index = to_cpu(index)
     if index.ntotal != count or index.d != dim:
@@ -220,7 +220,7 @@ def write_index(index: Any, directory: str | os.PathLike, *, factory: str, count
 
 def read_index(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Load ``directory/index.faiss`` and its sidecar; check that they belong together."""
-    import faiss
+    faiss = import_faiss()
 
     directory = Path(directory)
     path = directory / INDEX_FILE
@@ -281,7 +281,7 @@ def search(index: Any, queries: np.ndarray, k: int, *, params: dict[str, int] | 
 def search_parameters(index: Any) -> dict[str, int]:
     """The search settings in effect on ``index``: ``{"nprobe": n}`` for IVF indexes,
     ``{"efSearch": n}`` for HNSW ones, ``{}`` for exact ones."""
-    import faiss
+    faiss = import_faiss()
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -293,7 +293,7 @@ def search_parameters(index: Any) -> dict[str, int]:
 def set_search_parameters(index: Any, /, **params: int) -> None:
     """Set search settings on ``index`` (CPU or GPU), e.g. ``nprobe=64`` or ``efSearch=128``;
     a value that is not a positive integer, or a name the index lacks, is a one-line error."""
-    import faiss
+    faiss = import_faiss()
 
     space = faiss.GpuParameterSpace() if is_gpu_index(index) else faiss.ParameterSpace()
     for name, value in params.items():

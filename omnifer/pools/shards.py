@@ -32,6 +32,21 @@ def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[An
     return {c: table.column(c).to_pylist() for c in columns}
 
 
+def status_counts(paths: Sequence[Path], keys: set[str]) -> dict[str, int]:
+    """What shards hold for the current ``keys``: distinct ``items``, ``faces`` embedded,
+    ``duplicates``, ``bad`` and ``no_face`` rows (the totals of the invocations that wrote
+    them)."""
+    counts = {"items": 0, "faces": 0, "bad": 0, "no_face": 0, "duplicates": 0}
+    names = {"ok": "faces", "duplicate": "duplicates", "bad": "bad", "no_face": "no_face"}
+    for path in paths:
+        cols = shard_table_columns(path, ["key", "status"])
+        current = [(k, st) for k, st in zip(cols["key"], cols["status"]) if k in keys]
+        counts["items"] += len({k for k, _ in current})
+        for _, st in current:
+            counts[names[st]] += 1
+    return counts
+
+
 def readable_shards(paths: Sequence[Path]) -> list[Path]:
     """The shards of ``paths`` whose table and embeddings can be read and agree; each other one
     is named in a warning."""

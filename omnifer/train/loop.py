@@ -15,6 +15,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -158,8 +159,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         else:
             targets = teacher_soft_targets([t.to(device) for t in teachers], maker, len(labeled),
                                            temperature=config.temperature)
-            with atomic_path(path) as tmp:
-                torch.save(targets, tmp)
+            save_torch(targets, path)
 
     sub = {k: v[train_rows] for k, v in arrays.items()}
     weights, balance = None, None
@@ -365,10 +365,17 @@ def _brief(result: dict[str, Any]) -> dict[str, float]:
 
 def _save_state(path: Path, model: torch.nn.Module, opt: Any, sched: Any,
                 gen: torch.Generator, st: dict[str, Any]) -> None:
+    save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(), "state": st}, path)
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through an ordinary atomic write, so that a full disk is one line
+    (torch's own file writer reports it as a bare RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "state": st}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def history_of(run_dir: str | Path) -> list[dict[str, Any]]:
