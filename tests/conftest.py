@@ -46,3 +46,38 @@ def omnifer_steps():
         return ws
 
     return run
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small untrained convnet checkpoint (32 px) for embedding tests."""
+    pytest.importorskip("torch")
+    from omnifer.models import ModelConfig, build_model, save_checkpoint
+
+    out = tmp_path_factory.mktemp("model")
+    save_checkpoint(build_model(ModelConfig(backbone="convnet", input_size=32), seed=0), out)
+    return out
+
+
+@pytest.fixture
+def pool(tiny_synth, tmp_path):
+    """A copy of the tiny synthetic pool (60 JPEGs in folders) that tests may change."""
+    import shutil
+
+    dst = tmp_path / "pool"
+    shutil.copytree(tiny_synth.pool, dst)
+    return dst
+
+
+@pytest.fixture
+def config_for():
+    """``config_for(pool, model_dir, **changes)``: a small CPU embedding config."""
+    from omnifer.pools.embed_config import EmbedConfig
+
+    def make(pool, model_dir, **kw):
+        base = dict(pool=str(pool), source="folder", model=str(model_dir),
+                    model_fingerprint="test", input_size=32, shard_size=16, batch_size=8,
+                    device="cpu")
+        return EmbedConfig(**{**base, **kw})
+
+    return make

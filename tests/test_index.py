@@ -24,27 +24,6 @@ from omnifer.pools.embed import embed_pool  # noqa: E402
 from omnifer.pools.index import gather  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model")
-    save_checkpoint(build_model(ModelConfig(backbone="convnet", input_size=32), seed=0), out)
-    return out
-
-
-@pytest.fixture
-def pool(tiny_synth, tmp_path):
-    """A copy of the tiny synthetic pool (60 JPEGs in folders) that tests may change."""
-    dst = tmp_path / "pool"
-    shutil.copytree(tiny_synth.pool, dst)
-    return dst
-
-
-def config_for(pool, model_dir, **kw):
-    base = dict(pool=str(pool), source="folder", model=str(model_dir), model_fingerprint="test",
-                input_size=32, shard_size=16, batch_size=8, device="cpu")
-    return EmbedConfig(**{**base, **kw})
-
-
 def embeddings_of(result, keys, out):
     emb, ids, n = gather(result.shards, set(keys), out)
     import pyarrow.parquet as pq
@@ -52,7 +31,7 @@ def embeddings_of(result, keys, out):
     return np.load(emb), pq.read_table(ids).column("key").to_pylist()
 
 
-def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path):
+def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path, config_for):
     src = open_pool(pool)
     result = embed_pool(src, tmp_path / "run", config=config_for(pool, model_dir), workers=0)
     n = len(src.keys())
@@ -69,7 +48,7 @@ def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path):
     assert np.allclose(direct[0].astype(np.float32), emb[3].astype(np.float32), atol=2e-3)
 
 
-def test_workers_give_the_same_embeddings(pool, model_dir, tmp_path):
+def test_workers_give_the_same_embeddings(pool, model_dir, tmp_path, config_for):
     src = open_pool(pool)
     a = embed_pool(src, tmp_path / "a", config=config_for(pool, model_dir), workers=0)
     b = embed_pool(src, tmp_path / "b", config=config_for(pool, model_dir), workers=2)
@@ -90,7 +69,7 @@ embed_pool(open_pool(cfg.pool), sys.argv[2], config=cfg, workers=0, progress=pro
 """
 
 
-def test_killed_run_resumes_to_the_same_embeddings(pool, model_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_embeddings(pool, model_dir, tmp_path, config_for):
     cfg = config_for(pool, model_dir)
     src = open_pool(pool)
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(asdict(cfg)),
@@ -109,7 +88,7 @@ def test_killed_run_resumes_to_the_same_embeddings(pool, model_dir, tmp_path):
         embed_pool(src, tmp_path / "killed", config=config_for(pool, model_dir, batch_size=4))
 
 
-def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path):
+def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path, config_for):
     cfg = config_for(pool, model_dir)
     first = embed_pool(open_pool(pool), tmp_path / "r1", config=cfg, workers=0)
     old = open_pool(pool).keys()
@@ -137,7 +116,7 @@ def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path):
 
 
 
-def test_unknown_engine_and_policy_are_one_line(pool, model_dir, tmp_path):
+def test_unknown_engine_and_policy_are_one_line(pool, model_dir, tmp_path, config_for):
     src, cfg = open_pool(pool), config_for(pool, model_dir)
     for kwargs, words in (({"engine": "locl"}, ("'locl'", "local", "ray", "--engine")),
                           ({"on_bad_files": "ignore"}, ("'ignore'", "skip"))):
@@ -173,7 +152,7 @@ def test_cli_index_builds_a_flat_index(pool, tiny_synth, tmp_path, run_cli):
     assert code != 0
 
 
-def test_detect_and_align_on_a_real_photo(model_dir, tmp_path):
+def test_detect_and_align_on_a_real_photo(model_dir, tmp_path, config_for):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("retinaface.weights")
     data = pytest.importorskip("skimage.data")

@@ -28,27 +28,6 @@ from omnifer.pools.index import gather, load_index_outputs  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model")
-    save_checkpoint(build_model(ModelConfig(backbone="convnet", input_size=32), seed=0), out)
-    return out
-
-
-@pytest.fixture
-def pool(tiny_synth, tmp_path):
-    """A copy of the tiny synthetic pool (60 JPEGs in folders) that tests may change."""
-    dst = tmp_path / "pool"
-    shutil.copytree(tiny_synth.pool, dst)
-    return dst
-
-
-def config_for(pool, model_dir, **kw):
-    base = dict(pool=str(pool), source="folder", model=str(model_dir), model_fingerprint="test",
-                input_size=32, shard_size=16, batch_size=8, device="cpu")
-    return EmbedConfig(**{**base, **kw})
-
-
 def indexed(result, keys, out):
     """``{key: embedding}`` of what ``gather`` puts into the index."""
     emb, ids, n = gather(result.shards, set(keys), out)
@@ -67,7 +46,7 @@ def one_line(exc_info, *words):
 
 # ====================================================================== 1: renamed and moved files
 
-def test_renamed_file_is_embedded_under_its_new_key(pool, model_dir, tmp_path, caplog):
+def test_renamed_file_is_embedded_under_its_new_key(pool, model_dir, tmp_path, caplog, config_for):
     cfg = config_for(pool, model_dir)
     first = embed_pool(open_pool(pool), tmp_path / "r1", config=cfg, workers=0)
     keys = open_pool(pool).keys()
@@ -85,7 +64,7 @@ def test_renamed_file_is_embedded_under_its_new_key(pool, model_dir, tmp_path, c
     assert np.array_equal(after[new], before[old])
 
 
-def test_pool_moved_into_a_subfolder_keeps_every_image(pool, model_dir, tmp_path):
+def test_pool_moved_into_a_subfolder_keeps_every_image(pool, model_dir, tmp_path, config_for):
     cfg = config_for(pool, model_dir)
     first = embed_pool(open_pool(pool), tmp_path / "r1", config=cfg, workers=0)
     n = len(open_pool(pool).keys())
@@ -99,7 +78,7 @@ def test_pool_moved_into_a_subfolder_keeps_every_image(pool, model_dir, tmp_path
     assert len(indexed(second, src.keys(), tmp_path / "r2")) == n
 
 
-def test_duplicate_of_a_deleted_file_is_embedded_again(pool, model_dir, tmp_path):
+def test_duplicate_of_a_deleted_file_is_embedded_again(pool, model_dir, tmp_path, config_for):
     cfg = config_for(pool, model_dir)
     keys = open_pool(pool).keys()
     shutil.copy(pool / keys[0], pool / "copy.jpg")
@@ -257,7 +236,7 @@ embed_pool(open_pool(cfg.pool), sys.argv[2], config=cfg, workers=2, progress=pro
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_index_workers_die_with_their_killed_parent(tiny_synth, pool, model_dir, tmp_path):
+def test_index_workers_die_with_their_killed_parent(tiny_synth, pool, model_dir, tmp_path, config_for):
     from dataclasses import asdict
 
     # 96 px crops fill the workers' result pipes, where orphans used to block forever
@@ -290,7 +269,7 @@ def test_synth_workers_die_with_their_killed_parent(tmp_path):
 
 # ====================================================================== 10: damaged state
 
-def test_damaged_shards_of_an_earlier_run_are_embedded_again(pool, model_dir, tmp_path, caplog):
+def test_damaged_shards_of_an_earlier_run_are_embedded_again(pool, model_dir, tmp_path, caplog, config_for):
     cfg = config_for(pool, model_dir)
     src = open_pool(pool)
     first = embed_pool(src, tmp_path / "r1", config=cfg, workers=0)
@@ -310,7 +289,7 @@ def test_damaged_shards_of_an_earlier_run_are_embedded_again(pool, model_dir, tm
     assert len(indexed(third, src.keys(), tmp_path / "r2")) == len(whole)
 
 
-def test_damaged_index_outputs_are_one_line(pool, model_dir, tmp_path):
+def test_damaged_index_outputs_are_one_line(pool, model_dir, tmp_path, config_for):
     src = open_pool(pool)
     result = embed_pool(src, tmp_path / "r", config=config_for(pool, model_dir), workers=0)
     emb, ids, n = gather(result.shards, set(src.keys()), tmp_path / "r")
@@ -388,7 +367,7 @@ ODD = {"broken.jpg", "loop.jpg", "pipe.jpg", "caf\\xe9.jpg", "locked/"}
 
 
 def test_odd_entries_in_a_pool_are_counted_never_fatal(pool, model_dir, tmp_path,
-                                                       locked_folders, alarm):
+                                                       locked_folders, alarm, config_for):
     make_odd_entries(pool)
     n = len([p for p in pool.rglob("*.jpg") if p.is_file()]) - 1  # less the non-UTF-8 one
     src = open_pool(pool)
