@@ -81,3 +81,20 @@ def config_for():
         return EmbedConfig(**{**base, **kw})
 
     return make
+
+
+def build_workspace(root):
+    """synth -> train -> index -> mine on the tiny preset, all through the Python API; every
+    face is mined (no threshold, no leak guard), so later stages always have data."""
+    from omnifer import pipeline
+    from omnifer.mining import MineConfig
+    from omnifer.pools.config import IndexConfig
+    from omnifer.train import TrainConfig
+
+    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu")
+    s = pipeline.synth(root, pipeline.SynthOptions(preset="tiny", size=48), out=root / "data")
+    t = pipeline.train(root, TrainConfig(backbone="convnet", input_size=32, epochs=1,
+                                         device="cpu"))
+    i = pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=s.pool)
+    m = pipeline.mine(root, mine)
+    return {"root": root, "synth": s, "train": t, "index": i, "mine": m, "mine_config": mine}

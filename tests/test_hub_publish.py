@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import build_workspace
 from test_hub import FakeApi
 
 from omnifer import pipeline
 from omnifer.hub import PublishConfig
+from omnifer.pools.config import IndexConfig
 
 pytest.importorskip("torch")
 pytest.importorskip("faiss")
@@ -23,27 +25,11 @@ pytestmark = pytest.mark.slow  # a whole tiny workspace
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     from omnifer.distill import DistillConfig
-    from omnifer.mining import MineConfig
-    from omnifer.pools.config import IndexConfig
-    from omnifer.train import TrainConfig
 
-    root = tmp_path_factory.mktemp("hub") / "ws"
-    s = pipeline.synth(root, pipeline.SynthOptions(preset="tiny", size=48), out=root / "data")
-    t = pipeline.train(root, TrainConfig(backbone="convnet", input_size=32, epochs=1,
-                                         device="cpu"))
-    i = pipeline.index(root, pipeline_index_config(), pool=s.pool)
-    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu")
-    m = pipeline.mine(root, mine)
-    d = pipeline.distill(root, DistillConfig(images_per_class=1, size=32, iterations=2,
-                                             device="cpu"))
-    return {"root": root, "synth": s, "train": t, "index": i, "mine": m, "distill": d,
-            "mine_config": mine, "IndexConfig": IndexConfig}
-
-
-def pipeline_index_config():
-    from omnifer.pools.config import IndexConfig
-
-    return IndexConfig(workers=0, device="cpu")
+    built = build_workspace(tmp_path_factory.mktemp("hub") / "ws")
+    built["distill"] = pipeline.distill(built["root"], DistillConfig(
+        images_per_class=1, size=32, iterations=2, device="cpu"))
+    return built
 
 
 def test_published_mined_set_loads_with_datasets_and_its_card_parses(ws, tmp_path):
@@ -173,7 +159,7 @@ def test_references_publish_no_pixels_and_rebuild_from_the_pool(ws, tmp_path):
     pq.write_table(pa.table({"image": [f.read_bytes() for f in files]}), pool)
     root = tmp_path / "ws"
     shutil.copytree(ws["root"], root)
-    pipeline.index(root, pipeline_index_config(), pool=pool)
+    pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=pool)
     m = pipeline.mine(root, ws["mine_config"])
     rec = pipeline.publish(root, PublishConfig(as_references=True), run=m.ref,
                            to_dir=tmp_path / "refs")

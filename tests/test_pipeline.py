@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import build_workspace
+
 from omnifer import pipeline
 from omnifer.errors import OmniferError
 from omnifer.records import IndexRun, MineRun, SynthRun, TrainRun
@@ -22,18 +24,7 @@ pytestmark = pytest.mark.slow  # every stage end to end
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """synth -> train -> index -> mine, all through the Python API."""
-    from omnifer.mining import MineConfig
-    from omnifer.pools.config import IndexConfig
-    from omnifer.train import TrainConfig
-
-    root = tmp_path_factory.mktemp("api") / "ws"
-    s = pipeline.synth(root, pipeline.SynthOptions(preset="tiny", size=48), out=root / "data")
-    t = pipeline.train(root, TrainConfig(backbone="convnet", input_size=32, epochs=1,
-                                         device="cpu"))
-    i = pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=s.pool)
-    m = pipeline.mine(root, MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0,
-                                       device="cpu"))
-    return {"root": root, "synth": s, "train": t, "index": i, "mine": m}
+    return build_workspace(tmp_path_factory.mktemp("api") / "ws")
 
 
 def test_stages_return_typed_records_and_print_nothing(ws, capsys):
