@@ -11,6 +11,11 @@ setting runs ``omnifer mine`` in that workspace and joins the mined set with
 
     python bench/mine_synth.py --workspace demo --thresholds 0.8,0.85,0.9,0.95 \\
         --target-precision 0.9,0.95
+    python bench/mine_synth.py --workspace demo --thresholds "" --target-precision "" \\
+        --setting "" --setting "--target-precision 0.9" --setting "--threshold -1"
+
+``--setting`` runs ``omnifer mine`` with exactly those flags (plus ``--extra``); "" is the
+default run. Per-class true precision and counts are reported too.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ def score(result: dict, truth: pd.DataFrame) -> dict:
             "precision_clear_faces": float(right[t["kind"].to_numpy() == "face"].mean())
             if (t["kind"] == "face").any() else None,
             "estimate": result["estimate"]["precision"],
-            "estimate_coverage": result["estimate"]["coverage"]}
+            "estimate_coverage": result["estimate"]["coverage"],
+            "per_class": {name: {"mined": int(sel.sum()),
+                                 "precision": float(right[sel].mean()) if sel.any() else None}
+                          for name, sel in ((n, (mined["expression"] == i).to_numpy())
+                                            for i, n in enumerate(
+                                                c["class"] for c in result["thresholds"]))}}
 
 
 def main() -> None:
@@ -64,6 +74,8 @@ def main() -> None:
     ap.add_argument("--workspace", default="demo")
     ap.add_argument("--thresholds", default="0.8,0.85,0.9,0.95")
     ap.add_argument("--target-precision", default="0.9,0.95")
+    ap.add_argument("--setting", action="append", default=[],
+                    help="a run with exactly these flags (\"\" : the default run); repeatable")
     ap.add_argument("--extra", default="", help="more omnifer mine flags, e.g. '--k 20'")
     ap.add_argument("--out", default=None, help="JSON results [WORKSPACE/mine_synth.json]")
     args = ap.parse_args()
@@ -72,7 +84,11 @@ def main() -> None:
     truth = pd.read_parquet(synth.outputs["pool_truth"])
     extra = shlex.split(args.extra)
     rows = []
-    for t in args.thresholds.split(","):
+    for flags in args.setting:
+        r = run_mine(ws, [*shlex.split(flags), *extra])
+        rows.append({"setting": flags or "(defaults)", **score(r, truth)})
+        print(rows[-1], flush=True)
+    for t in filter(None, args.thresholds.split(",")):
         rows.append({"setting": f"--threshold {t}", **score(run_mine(ws, ["--threshold", t, *extra]), truth)})
         print(rows[-1], flush=True)
     for p in filter(None, args.target_precision.split(",")):
@@ -93,6 +109,11 @@ def main() -> None:
         print(f"| {r['setting']} | {r['mined']} | {prec} | {est} | {clear} | {r['coverage']:.3f} | "
               f"{r['distractors']} ({r['distractor_rate']:.2%}) | {r['nonface']} | "
               f"{r['occluded']} | {r['blend']} |")
+    print("\n| setting | " + " | ".join(rows[0]["per_class"]) + " |" if rows else "")
+    for r in rows:
+        print(f"| {r['setting']} | " + " | ".join(
+            f"{v['mined']} @ {v['precision']:.3f}" if v["precision"] is not None else "0"
+            for v in r["per_class"].values()) + " |")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def build_workspace(root):
     from omnifer.pools.config import IndexConfig
     from omnifer.train import TrainConfig
 
-    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu")
+    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu",
+                      calibrate=False, ood_quantile=0)
     s = pipeline.synth(root, pipeline.SynthOptions(preset="tiny", size=48), out=root / "data")
     t = pipeline.train(root, TrainConfig(backbone="convnet", input_size=32, epochs=1,
                                          device="cpu"))

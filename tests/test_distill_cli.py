@@ -23,7 +23,7 @@ def mined_ws(tiny_synth, tmp_path_factory, omnifer_steps):
          "--epochs", "1", "--device", "cpu"],
         ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"],
         ["mine", "--labeled", tiny_synth.labeled_toml, "--threshold", "-1", "--k", "3",
-         "--score", "max", "--device", "cpu"])
+         "--score", "max", "--device", "cpu", "--no-calibrate", "--ood-quantile", "0"])
 
 
 def test_distill_defaults_to_the_latest_mine_run(mined_ws, tiny_synth, run_cli):

@@ -10,16 +10,22 @@ import pytest
 
 from omnifer.errors import OmniferError
 from omnifer.mining.engine import evidence, select
-from omnifer.mining.mine import (
-    MIN_SUPPORT,
+from omnifer.mining.calibration import (
+    GRID,
     Calibration,
-    MineConfig,
-    check_classes,
     class_thresholds,
-    mine,
+    error_bound,
+    first_testable,
+    precision_interval,
 )
+from omnifer.mining.crossfit import assign_folds, cross_fit
+from omnifer.mining.duplicates import duplicate_clusters
+from omnifer.mining.mine import MineConfig, check_classes, mine
 
 CLASSES = ("a", "b", "c")
+#: one global threshold, no out-of-distribution cut, no duplicate clusters
+FIXED = dict(calibrate=False, ood_quantile=0, duplicate_threshold=None)
+FIXED_CLI = ("--no-calibrate", "--ood-quantile", "0")
 
 
 def unit(x):
@@ -43,7 +49,7 @@ def data():
 
 def test_mine_keeps_what_select_keeps_ordered_by_class_and_score(data):
     pool, labeled, labels, truth = data
-    cfg = MineConfig(threshold=0.9, margin=0.02, min_votes=3)
+    cfg = MineConfig(threshold=0.9, margin=0.02, min_votes=3, **FIXED)
     r = mine(pool, labeled, labels, classes=CLASSES, config=cfg)
     ev = evidence(pool, labeled, labels, 3, floor=0.9)
     expect = ev.rows[select(ev, threshold=0.9, margin=0.02, min_votes=3)]
@@ -59,45 +65,198 @@ def test_mine_keeps_what_select_keeps_ordered_by_class_and_score(data):
 
 def test_caps_and_leak_guard(data):
     pool, labeled, labels, _ = data
-    full = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85))
+    full = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85, **FIXED))
     per = np.bincount(full.labels, minlength=3)
     capped = mine(pool, labeled, labels, classes=CLASSES,
-                  config=MineConfig(threshold=0.85, per_class_max=5))
+                  config=MineConfig(threshold=0.85, per_class_max=5, **FIXED))
     assert list(np.bincount(capped.labels, minlength=3)) == list(np.minimum(per, 5))
     for c in range(3):  # the best-scored ones stay
         assert np.allclose(capped.scores[capped.labels == c], full.scores[full.labels == c][:5])
     bal = mine(pool, labeled, labels, classes=CLASSES,
-               config=MineConfig(threshold=0.85, balance=1.5))
+               config=MineConfig(threshold=0.85, balance=1.5, **FIXED))
     assert bal.counts["capped"] == full.counts["mined"] - bal.counts["mined"]
     assert np.bincount(bal.labels, minlength=3).max() <= int(1.5 * per.min())
     # evaluation images copied into the pool (slightly changed) are never mined
     leaked = full.rows[:7]
     test = unit(pool[leaked].astype(np.float32) + 1e-3)
-    guarded = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85),
-                   exclude=test)
+    guarded = mine(pool, labeled, labels, classes=CLASSES,
+                   config=MineConfig(threshold=0.85, **FIXED), exclude=test)
     assert not np.isin(leaked, guarded.rows).any()
     assert guarded.counts["leak_excluded"] == 7 and guarded.counts["leak_near_duplicates"] >= 7
     assert guarded.counts["mined"] == full.counts["mined"] - 7
 
 
-def test_class_thresholds_reach_the_target_on_enough_faces():
-    # class 0: the 12 best are right, then wrong ones; class 1 never reaches 0.9
-    n0 = 20
-    score0 = np.linspace(0.99, 0.80, n0)
-    truth0 = np.array([0] * 12 + [1, 0, 1, 1, 1, 1, 1, 1])
-    score1 = np.linspace(0.98, 0.85, 30)
-    truth1 = np.where(np.arange(30) % 3 == 0, 0, 1)  # two thirds right
-    cal = Calibration(truth=np.concatenate([truth0, truth1]),
-                      best=np.array([0] * n0 + [1] * 30),
-                      score=np.concatenate([score0, score1]), eligible=np.ones(n0 + 30, bool))
-    t = class_thresholds(cal, 0.9, 3, floor=None)
-    # top 14 of class 0: 13 right of 14 = 0.929 >= 0.9; top 15: 13/15 = 0.867
-    assert t[0] == pytest.approx(score0[13]) and 14 >= MIN_SUPPORT
-    assert np.isinf(t[1]) and np.isinf(t[2])
-    assert class_thresholds(cal, 0.9, 3, floor=0.95)[0] == pytest.approx(0.95)
+def test_error_bound_is_clopper_pearson():
+    # no error in n: the bound solves (1 - p)^n = 1 - confidence
+    for n in (1, 10, 45):
+        assert error_bound(np.array([0]), np.array([n]), 0.9)[0] == pytest.approx(
+            1 - 0.1 ** (1 / n))
+    # n - 1 errors of n: the bound solves 1 - p^n = 1 - confidence... checked against scipy
+    from scipy.stats import beta
+    assert error_bound(np.array([3]), np.array([20]), 0.95)[0] == pytest.approx(
+        beta.ppf(0.95, 4, 17))
+    assert error_bound(np.array([0, 5]), np.array([0, 5]), 0.9).tolist() == [1.0, 1.0]
+    assert first_testable(0.95, 0.9) == 45  # 0.95^45 < 0.1 <= 0.95^44
+    low, high = precision_interval(90, 100, 0.9)
+    assert low < 0.9 < high and precision_interval(0, 0, 0.9) is None
+
+
+def _brute_threshold(score, wrong, target, confidence, grid):
+    """The Learn-then-Test rule spelt out: the largest tested prefix whose Bonferroni-level
+    Clopper-Pearson error bound is within 1 - target."""
+    from scipy.stats import beta
+
+    order = np.argsort(-score, kind="stable")
+    score, wrong = score[order], wrong[order]
+    level = 1 - (1 - confidence) / grid
+    start = int(np.ceil(np.log(1 - level) / np.log(target)))
+    kept = 0
+    for n in np.unique(np.geomspace(start, len(score), grid).round().astype(int)):
+        e = wrong[:n].sum()
+        if (1.0 if e >= n else beta.ppf(level, e + 1, n - e)) <= 1 - target:
+            kept = n
+    return score[kept - 1] if kept else np.inf
+
+
+def test_class_thresholds_follow_the_learn_then_test_rule():
+    rng = np.random.default_rng(3)
+    # class 0: right faces score high, wrong ones spread lower; class 1: mostly wrong
+    s0 = np.sort(rng.uniform(0.5, 1.0, 400))[::-1]
+    w0 = rng.uniform(size=400) < np.clip(np.linspace(-0.1, 0.4, 400), 0, None)
+    s1 = rng.uniform(0.5, 1.0, 100)
+    w1 = rng.uniform(size=100) < 0.5
+    cal = Calibration(truth=np.r_[np.where(w0, 1, 0), np.where(w1, 0, 1)],
+                      best=np.r_[np.zeros(400, int), np.ones(100, int)],
+                      score=np.r_[s0, s1], eligible=np.ones(500, bool),
+                      kth=np.ones(500, np.float32), nearest=np.ones(500), confidence=0.9)
+    t, why, weak = class_thresholds(cal, 0.9, 3, floor=None)
+    assert t[0] == pytest.approx(_brute_threshold(s0, w0, 0.9, 0.9, GRID)) and np.isfinite(t[0])
+    assert np.isinf(t[1]) and "below the target 0.9" in why[1]
+    assert np.isinf(t[2]) and "0 calibration faces" in why[2] and why[0] is None
+    kept = cal.kept(t) & (cal.best == 0)
+    assert 1 - w0[kept[:400]].mean() >= 0.9  # the kept faces are that precise here
+    # the floor: a threshold never below it; all faces under it do not count
+    t_floor, _, _ = class_thresholds(cal, 0.9, 3, floor=0.99)
+    assert t_floor[0] >= 0.99 or np.isinf(t_floor[0])
     est = cal.estimate(t)
-    assert est["per_class"][0] == {"kept": 14, "precision": pytest.approx(13 / 14)}
-    assert est["kept"] == 14 and est["coverage"] == pytest.approx(14 / 50)
+    assert est["per_class"][0]["kept"] == kept.sum()
+    low, high = est["per_class"][0]["interval"]
+    assert low <= est["per_class"][0]["precision"] <= high
+
+
+def test_a_class_with_few_calibration_faces_is_mined_at_the_floor_only_when_they_agree():
+    n = 30  # too few for the bound at 0.95 (it needs 104), enough for the floor rule
+    score = np.linspace(0.99, 0.91, n)
+    cal = Calibration(truth=np.r_[np.zeros(n, int), np.ones(n, int), np.full(5, 2)],
+                      best=np.r_[np.zeros(n, int), np.ones(n, int), np.full(5, 2)],
+                      score=np.r_[score, score, score[:5]], eligible=np.ones(2 * n + 5, bool),
+                      kth=np.ones(2 * n + 5), nearest=np.ones(2 * n + 5), confidence=0.9)
+    cal.truth[n:n + 5] = 0  # class 1: 5 of its 30 are wrong
+    t, why, weak = class_thresholds(cal, 0.95, 3, floor=0.9)
+    assert t[0] == 0.9 and "without the precision bound" in weak[0] and why[0] is None
+    assert np.isinf(t[1]) and "precision 0.833" in why[1]
+    assert np.isinf(t[2]) and "5 calibration faces" in why[2]  # fewer than MIN_FACES
+    # without a floor there is nothing to fall back to
+    assert np.isinf(class_thresholds(cal, 0.95, 3, floor=None)[0][0])
+
+
+def test_prior_shift_weights_measure_precision_at_the_pool_balance():
+    from omnifer.mining.priors import confusion, pool_priors, shift_weights
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 5000)  # balanced calibration
+    best = np.where(rng.uniform(size=10000) < 0.9, truth, 1 - truth)  # 10% confused
+    conf = confusion(best, truth, 2)
+    assert np.allclose(conf.sum(axis=0), 1) and conf[0, 0] == pytest.approx(0.9, abs=0.03)
+    # a pool of 80% class 0 mined by the same rule
+    pt = (rng.uniform(size=20000) < 0.2).astype(int)
+    pb = np.where(rng.uniform(size=20000) < 0.9, pt, 1 - pt)
+    pi = pool_priors(best, truth, pb, 2)
+    assert pi == pytest.approx([0.8, 0.2], abs=0.02)
+    w = shift_weights(truth, pi, 2, np.ones(10000, bool))
+    right = best == truth
+    kept1 = best == 1  # precision of class 1 at the pool's balance: 0.9*0.2 / (0.9*0.2 + 0.1*0.8)
+    weighted = (w[kept1] * right[kept1]).sum() / w[kept1].sum()
+    assert weighted == pytest.approx(0.18 / 0.26, abs=0.03) and right[kept1].mean() > 0.85
+    assert pool_priors(best, truth, np.zeros(0, int), 2) is None
+
+
+def test_cross_fit_scores_every_labeled_face_from_the_other_folds():
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((3, 16)))
+    labeled, labels = clusters(30, 0.2, rng, centres)
+    labels[0] = 2  # a class with one face stays in every reference
+    labeled = np.concatenate([labeled, unit(rng.standard_normal((1, 16)))])
+    labels = np.r_[labels, 1]
+    ev, fold = cross_fit(labeled, labels, 3, k=5, score="vote", folds=5, seed=0)
+    single = np.flatnonzero(np.bincount(labels)[labels] == 1)
+    assert (fold[single] == -1).all()
+    assert np.array_equal(ev.rows, np.flatnonzero(fold >= 0))
+    assert (fold[ev.neighbours] != fold[ev.rows][:, None]).all()  # never its own fold
+    counts = [np.bincount(fold[(labels == c) & (fold >= 0)], minlength=5) for c in range(3)]
+    assert all(c.max() - c.min() <= 1 for c in counts)  # classes spread evenly
+    assert np.array_equal(assign_folds(labels, 3, 5, 0), fold)  # deterministic
+    with pytest.raises(OmniferError, match="at least 2"):
+        assign_folds(labels, 3, 1, 0)
+
+
+def test_duplicate_clusters_merge_near_copies_of_one_class_only():
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((4, 32)))
+    x = unit(np.concatenate([base[[0, 0, 0]] + 1e-3 * rng.standard_normal((3, 32)), base[1:]]))
+    labels = np.array([0, 0, 1, 0, 0, 0])  # row 2 copies rows 0-1 but is mined as class 1
+    anchors = np.zeros(6, int)
+    scores = np.array([0.5, 0.9, 0.8, 0.7, 0.6, 0.4])
+    head = duplicate_clusters(x, labels, anchors, scores, 0.99)
+    assert head.tolist() == [1, 1, 2, 3, 4, 5]
+    assert duplicate_clusters(x, labels, anchors, scores, None).tolist() == list(range(6))
+    # faces with different nearest labeled faces are not compared
+    assert duplicate_clusters(x, labels, np.arange(6), scores, 0.99).tolist() == list(range(6))
+
+
+def test_duplicates_count_once_toward_caps(data):
+    pool, labeled, labels, _ = data
+    cfg = dict(threshold=0.85, calibrate=False, ood_quantile=0)
+    base = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(**cfg))
+    top = base.rows[(base.labels == 0) & (base.duplicate_of < 0)][0]
+    copies = unit(pool[[top] * 4].astype(np.float32)
+                  + 1e-3 * np.random.default_rng(1).standard_normal((4, 16)))
+    grown = np.concatenate([pool, copies.astype(np.float16)])
+    r = mine(grown, labeled, labels, classes=CLASSES, config=MineConfig(**cfg, per_class_max=3))
+    a = r.labels == 0
+    family = np.isin(r.rows, [top, *range(len(pool), len(grown))])
+    assert family.sum() == 5 and r.counts["duplicates_merged"] >= 4
+    head = np.where(r.duplicate_of < 0, r.rows, r.duplicate_of)
+    assert len(set(head[family])) == 1 and (r.duplicate_of[family] < 0).sum() == 1
+    assert (a & (r.duplicate_of < 0)).sum() == 3  # three clusters kept, one of five faces
+    off = mine(grown, labeled, labels, classes=CLASSES,
+               config=MineConfig(**cfg, per_class_max=3, duplicate_threshold=None))
+    assert (off.labels == 0).sum() == 3 and off.counts["duplicates_merged"] == 0
+
+
+def test_out_of_distribution_faces_are_rejected():
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((3, 16)))
+    labeled, labels = clusters(60, 0.1, rng, centres)
+    pool, truth = clusters(100, 0.1, rng, centres)  # drawn like the labeled faces
+    pool = np.concatenate([pool, unit(rng.standard_normal((50, 16)))]).astype(np.float16)
+    distractor = np.arange(len(pool)) >= len(truth)
+    loose = dict(threshold=0.3, calibrate=False, duplicate_threshold=None, k=5)
+    off = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(**loose, ood_quantile=0))
+    on = mine(pool, labeled, labels, classes=CLASSES,
+              config=MineConfig(**loose, ood_quantile=0.02))
+    assert distractor[off.rows].sum() > 0 and distractor[on.rows].sum() == 0
+    assert on.counts["ood_rejected"] >= distractor[off.rows].sum()
+    assert (~distractor[on.rows]).sum() >= 0.95 * (~distractor[off.rows]).sum()
+
+
+def test_classes_option_and_left_out_classes(data):
+    pool, labeled, labels, _ = data
+    r = mine(pool, labeled, labels, classes=CLASSES,
+             config=MineConfig(threshold=0.85, classes=("b",), **FIXED))
+    assert set(r.labels.tolist()) == {1} and r.left_out[0] == "not among --classes"
+    with pytest.raises(OmniferError, match="class 'z' .* is not in the labeled set"):
+        mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(classes=("z",)))
 
 
 def test_target_precision_estimate_is_close_to_the_truth():
@@ -106,30 +265,32 @@ def test_target_precision_estimate_is_close_to_the_truth():
     labeled, labels = clusters(200, 0.35, rng, centres)
     pool, truth = clusters(300, 0.35, rng, centres)
     r = mine(pool.astype(np.float16), labeled, labels, classes=CLASSES,
-             config=MineConfig(threshold=None, target_precision=0.95))
-    assert np.isfinite(r.thresholds).all() and r.estimate["precision"] >= 0.95
+             config=MineConfig(threshold=None, target_precision=0.9))
+    assert np.isfinite(r.thresholds).all() and r.estimate["precision"] >= 0.9
     true = (r.labels == truth[r.rows]).mean()
     assert abs(true - r.estimate["precision"]) < 0.04 and len(r.rows) > 100
+    for c in range(3):  # each class at the target, as the bound promises
+        assert (truth[r.rows][r.labels == c] == c).mean() >= 0.89
 
 
 def test_index_search_equals_exact_on_a_flat_index_and_reports_recall(data):
     faiss_index = pytest.importorskip("omnifer.pools.faiss_index")
     pytest.importorskip("faiss")
     pool, labeled, labels, _ = data
-    cfg = MineConfig(threshold=0.85, search="index")
-    exact = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85))
+    cfg = MineConfig(threshold=0.85, search="index", **FIXED)
+    exact = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85, **FIXED))
     flat = faiss_index.build_index(pool.astype(np.float32), factory="Flat", device="cpu")
     via = mine(pool, labeled, labels, classes=CLASSES, config=cfg, index=flat)
     assert via.search == "index" and np.array_equal(via.rows, exact.rows)
     assert via.recall["recall"] == 1.0
-    proto = MineConfig(threshold=0.85, prototypes=True)
+    proto = MineConfig(threshold=0.85, prototypes=True, **FIXED)
     exact_p = mine(pool, labeled, labels, classes=CLASSES, config=proto)
     via_p = mine(pool, labeled, labels, classes=CLASSES, index=flat,
-                 config=MineConfig(threshold=0.85, prototypes=True, search="index"))
+                 config=MineConfig(threshold=0.85, prototypes=True, search="index", **FIXED))
     assert len(exact_p.rows) > 30 and np.array_equal(via_p.rows, exact_p.rows)
     ivf = faiss_index.build_index(pool.astype(np.float32), factory="IVF8,Flat", device="cpu")
     ivf.nprobe = 1
-    approx = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85),
+    approx = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85, **FIXED),
                   index=ivf, approximate=True)
     hit = np.isin(exact.rows, approx.rows).mean()
     assert approx.search == "index" and 0 < approx.recall["recall"] <= 1
@@ -139,7 +300,10 @@ def test_index_search_equals_exact_on_a_flat_index_and_reports_recall(data):
 def test_bad_input_gives_one_line_errors(data):
     pool, labeled, labels, _ = data
     for kw in ({"threshold": 1.5}, {"threshold": -2}, {"k": 0}, {"score": "median"},
-               {"threshold": None}, {"target_precision": 1.5}, {"balance": 0.5}):
+               {"threshold": None, "calibrate": False}, {"target_precision": 1.5},
+               {"target_precision": -0.1}, {"target_precision": 0}, {"target_precision": 1.0}, {"balance": 0.5},
+               {"confidence": 1.0}, {"folds": 1}, {"ood_quantile": 1.0},
+               {"duplicate_threshold": 2.0}, {"classes": ()}):
         with pytest.raises(OmniferError) as err:
             MineConfig(**kw)
         assert "\n" not in str(err.value)
@@ -172,7 +336,7 @@ def test_cli_mine_writes_a_dataset_the_trainer_reads(indexed, tiny_synth, run_cl
     # a model trained for two epochs on 80 faces embeds every face alike: only exact copies
     # of test images count as leaks here
     common = ["-w", ws, "mine", "--labeled", tiny_synth.labeled_toml, "--exclude",
-              tiny_synth.test_toml, "--leak-threshold", "1.0", "--device", "cpu"]
+              tiny_synth.test_toml, "--leak-threshold", "1.0", "--device", "cpu", *FIXED_CLI]
     r = run_cli.json(*common, "--threshold", "0.2", "--k", "3", "--score", "max")
     assert r["counts"]["mined"] > 0
     mined = LabeledSet.load(r["dataset"])
@@ -215,6 +379,9 @@ def test_cli_mine_refuses_bad_input_without_writing(indexed, tiny_synth, tmp_pat
     code, out, err = run_cli("-w", ws, "mine", "--labeled", empty, "--device", "cpu")
     assert code != 0
     for flags, message in ((["--k", "100000"], "k is 100000 but the labeled set has"),
+                           (["--classes", "contempt"], "class 'contempt' (of --classes) is not"),
+                           (["--target-precision", "1.5"], "target_precision is 1.5"),
+                           (["--target-precision", "0"], "target_precision is 0.0"),
                            (["--balance", "nan"], "balance is nan"),
                            (["--balance", "inf"], "balance is inf")):
         code, out, err = run_cli(*base, "--threshold", "0.5", *flags)
@@ -249,7 +416,7 @@ def test_cli_mine_never_mines_edited_copies_of_test_images(indexed, tiny_synth, 
     r = run_cli.json("-w", ws, "index", pool, "--workers", "0", "--device", "cpu")
     m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
                      "--exclude", tiny_synth.test_toml, "--threshold", "-1", "--k", "3",
-                     "--score", "max", "--leak-threshold", "1.0", "--device", "cpu")
+                     "--score", "max", "--leak-threshold", "1.0", "--device", "cpu", *FIXED_CLI)
     keys = pd.read_parquet(m["dataset"])["key"]
     assert len(keys) > 0 and not keys.str.startswith("copy-").any()
     assert m["counts"]["leak_excluded"] >= 12 and m["counts"]["leak_excluded_hash"] > 0
@@ -279,7 +446,8 @@ def test_cli_mine_exports_images_of_an_archive_pool(indexed, tiny_synth, tmp_pat
     ws = indexed
     r = run_cli.json("-w", ws, "index", prefix.parent, "--workers", "0", "--device", "cpu")
     m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
-                     "--threshold", "0.2", "--k", "3", "--score", "max", "--device", "cpu")
+                     "--threshold", "0.2", "--k", "3", "--score", "max", "--device", "cpu",
+                     *FIXED_CLI)
     mined = LabeledSet.load(m["dataset"])
     assert len(mined) > 0
     originals = {f.read_bytes() for f in files}
@@ -306,7 +474,8 @@ def test_cli_mine_exports_aligned_faces_of_a_detected_pool(indexed, tiny_synth, 
     r = run_cli.json("-w", ws, "index", pool, "--detect", "retinaface", "--workers", "0",
                      "--device", "cpu")
     m = run_cli.json("-w", ws, "mine", "--index", r["run"], "--labeled", tiny_synth.labeled_toml,
-                     "--threshold", "-1", "--k", "3", "--score", "max", "--device", "cpu")
+                     "--threshold", "-1", "--k", "3", "--score", "max", "--device", "cpu",
+                     *FIXED_CLI)
     mined = pd.read_parquet(m["dataset"])
     assert len(mined) == 1 and LabeledSet.load(m["dataset"]).table["image"][0].endswith(".png")
     ids = pd.read_parquet(ws / ".omnifer/runs" / r["run"] / "ids.parquet")

@@ -66,8 +66,7 @@ def test_moved_workspace_keeps_working(ws, tmp_path, run_cli):
     assert all(str(moved) in p for p in LabeledSet.load(latest.dataset).table["image"])
     index = pipeline.resolve.run(Workspace(moved), None, "index")
     assert index.pool.is_relative_to(moved) and index.model.is_relative_to(moved)
-    again = pipeline.mine(moved, MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0,
-                                            device="cpu"))
+    again = pipeline.mine(moved, ws["mine_config"])
     assert again.counts["mined"] == ws["mine"].counts["mined"]
 
 

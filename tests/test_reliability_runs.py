@@ -329,7 +329,8 @@ def test_copied_workspace_is_independent(trained, tmp_path, run_cli):
     for path in copy.rglob("*"):  # every file of the copy is garbage now
         if path.is_file() and path.name != "manifest.json":
             path.write_bytes(b"garbage")
-    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu")
+    mine = MineConfig(threshold=-1, k=3, score="max", leak_threshold=1.0, device="cpu",
+                      calibrate=False, ood_quantile=0)
     rec = pipeline.mine(root, mine)  # the original does not read the copy
     assert rec.counts["mined"] > 0 and rec.dataset.is_relative_to(root)
     assert pipeline.evaluate(root, EvaluateConfig(device="cpu")).counts["samples"] > 0

@@ -15,10 +15,18 @@ from omnifer.mining.mine import MineConfig as D
 @click.command("mine")
 @config_option
 @click.option("--threshold", type=float, default=None,
-              help=f"Cosine the best class's evidence must reach [{D.threshold}; with "
-                   "--target-precision: a floor under the calibrated thresholds].")
+              help=f"Cosine the mined class's evidence must reach: a floor under the "
+                   f"calibrated per-class thresholds [{D.threshold}; -1: no floor].")
 @click.option("--target-precision", type=float, default=None,
-              help="Pick per-class thresholds whose held-out precision reaches this.")
+              help=f"Per-class thresholds whose calibrated precision reaches this "
+                   f"[{D.target_precision}].")
+@click.option("--calibrate/--no-calibrate", default=None,
+              help="--no-calibrate: --threshold alone, for every class.")
+@click.option("--confidence", type=float, default=None,
+              help=f"Probability that the precision bound holds [{D.confidence}].")
+@click.option("--classes", default=None, metavar="NAME,...",
+              callback=lambda c, p, v: tuple(x.strip() for x in v.split(",")) if v else None,
+              help="Mine only these classes (the others still count as evidence).")
 @click.option("--margin", type=float, default=None,
               help=f"Best class evidence minus the second class's must reach this [{D.margin}].")
 @click.option("--k", type=int, default=None, help=f"Labeled neighbours per face [{D.k}].")
@@ -42,8 +50,14 @@ from omnifer.mining.mine import MineConfig as D
               help="Evaluation data whose near duplicates are never mined; repeatable "
                    "[default: the latest synth run's test set].")
 @click.option("--leak-threshold", type=float, default=None, help=f"[{D.leak_threshold}]")
-@click.option("--holdout", type=float, default=None,
-              help=f"Labeled share mined as if unlabeled to estimate precision [{D.holdout}].")
+@click.option("--folds", type=int, default=None,
+              help=f"Cross-fitting folds of the labeled faces for calibration [{D.folds}].")
+@click.option("--ood-quantile", type=float, default=None,
+              help="Reject pool faces whose k-th labeled neighbour is less similar than that "
+                   f"of this share of labeled faces [{D.ood_quantile}; 0: off].")
+@click.option("--duplicate-threshold", type=float, default=None,
+              help="Cosine at which mined faces are near duplicates, counted once toward "
+                   f"caps and balance [{D.duplicate_threshold}].")
 @click.option("--search", type=click.Choice(["auto", "exact", "index"]), default=None,
               help=f"auto: exact on a flat index, the index otherwise [{D.search}].")
 @click.option("--seed", type=int, default=None, help=f"[{D.seed}]")
@@ -62,7 +76,7 @@ def command(ctx: Context, config_file: str | None, index_ref: str | None, labele
     index = rec.inputs["index"]["run"]
     lines = [f"{rec.ref}: {rec.counts['mined']} faces mined from {index}",
              *[f"  {line}" for line in rec.summary],
-             "  class        threshold  mined  held-out precision"]
+             "  class        threshold  mined  calibration precision"]
     for r in rec.thresholds:
         t = "none" if r["threshold"] is None or not np.isfinite(r["threshold"]) \
             else f"{r['threshold']:.3f}"

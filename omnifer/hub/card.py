@@ -160,10 +160,13 @@ def made(facts: CardFacts) -> list[str]:
                        f"{est.get('held_out', 0)} held-out labeled faces kept).")
         else:
             kept = int(est.get("kept", 0))
-            lo, hi = wilson(est["precision"] * kept, kept)
-            out.append(f"- Estimated precision {est['precision']:.3f} (95% Wilson interval "
-                       f"{lo:.3f}-{hi:.3f}) on {kept} kept of {est.get('held_out', 0)} held-out "
-                       f"labeled faces; coverage {est.get('coverage', 0):.3f}.")
+            if est.get("interval"):  # Clopper-Pearson, recorded by the mining run
+                (lo, hi), what = est["interval"], f"{est['confidence']:.0%} Clopper-Pearson"
+            else:  # runs recorded before the interval was
+                (lo, hi), what = wilson(est["precision"] * kept, kept), "95% Wilson"
+            out.append(f"- Estimated precision {est['precision']:.3f} ({what} interval "
+                       f"{lo:.3f}-{hi:.3f}) on {kept} kept of {est.get('held_out', 0)} "
+                       f"calibration labeled faces; coverage {est.get('coverage', 0):.3f}.")
     if facts.leak_guard:
         out.append(f"- Leak guard: {facts.leak_guard.get('near_duplicates', 0)} pool faces are "
                    f"near duplicates of evaluation images; {facts.leak_guard.get('excluded', 0)}"

@@ -17,7 +17,8 @@ from omnifer.mining.engine import (
     near_duplicates,
     select,
 )
-from omnifer.mining.mine import Calibration, MineConfig, MineResult, check_classes, mine
+from omnifer.mining.calibration import Calibration
+from omnifer.mining.mine import MineConfig, MineResult, check_classes, mine
 
 __all__ = [
     "SCORES",

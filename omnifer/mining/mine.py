@@ -1,10 +1,11 @@
-"""Mining a pool: pick the pool faces whose labeled neighbours agree on one class, with a leak
-guard, held-out calibration and, for approximate indexes, a recall estimate against exact
-mining.
+"""Mining a pool: pick the pool faces whose labeled neighbours agree on one class, at per-class
+thresholds calibrated on the labeled faces (cross-fitted, with a finite-sample precision
+guarantee), with out-of-distribution rejection, near-duplicate clusters, a leak guard and, for
+approximate indexes, a recall estimate against exact mining.
 
 ``mine`` works on embeddings only (the caller embeds the labeled and evaluation images with the
-model that built the pool index); ``mined_table`` turns its result into the sample table the
-trainer reads.
+model that built the pool index); ``omnifer.mining.output`` turns its result into the sample
+table the trainer reads.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import numpy as np
 from omnifer.config import StageConfig
 from omnifer.device import parse_device
 from omnifer.errors import OmniferError
+from omnifer.mining.calibration import Calibration, class_thresholds
+from omnifer.mining.crossfit import cross_fit
+from omnifer.mining.duplicates import duplicate_clusters
 from omnifer.mining.engine import SCORES, Evidence, evidence, near_duplicates, select
 from omnifer.mining.leaks import HASH_BYTES, nearest
+from omnifer.mining.ood import kth_similarity, ood_cut
+from omnifer.mining.priors import pool_priors, shift_weights
 
 SEARCHES = ("auto", "exact", "index")
-#: Held-out predictions a per-class threshold must rest on before its precision counts.
-MIN_SUPPORT = 10
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,9 @@ class MineConfig(StageConfig):
 
     section: ClassVar[str] = "mine"
 
-    threshold: float | None = 0.9  #: cosine; with target_precision, a floor (None: no floor)
+    #: cosine the mined class's evidence must reach; under the calibrated per-class
+    #: thresholds of target_precision, a floor (None: no floor)
+    threshold: float | None = 0.9
     margin: float = 0.0  #: best class evidence minus the second's
     k: int = 10
     score: str = "vote"
@@ -44,8 +50,17 @@ class MineConfig(StageConfig):
     #: bits (of 576) within which a pool face's perceptual hash counts as a copy of an
     #: evaluation image or its mirror (None: no hash check)
     leak_hash_distance: int | None = 96
-    target_precision: float | None = None
-    holdout: float = 0.2  #: labeled share mined as if unlabeled, for the precision estimate
+    #: per-class thresholds whose calibrated precision reaches this (None, as in runs of
+    #: older versions: no calibration)
+    target_precision: float | None = 0.95
+    calibrate: bool = True  #: False: the threshold alone, one for every class
+    confidence: float = 0.9  #: probability that the calibrated precision bound holds
+    folds: int = 5  #: cross-fitting folds of the labeled faces (calibration)
+    #: share of labeled faces whose own k-th-neighbour cosine a pool face must reach (0: off)
+    ood_quantile: float = 0.1
+    #: cosine at which mined faces count as near duplicates of each other (None: off)
+    duplicate_threshold: float | None = 0.97
+    classes: tuple[str, ...] | None = None  #: mine only these classes (None: all)
     search: str = "auto"  #: auto (exact on a flat index), exact, or index
     recall_sample: int = 20_000  #: pool rows mined both ways to estimate an index's recall
     seed: int = 0
@@ -57,14 +72,15 @@ class MineConfig(StageConfig):
 
         for name, example in (("threshold", 0.9), ("margin", 0.05), ("balance", 3),
                               ("leak_threshold", 0.98), ("target_precision", 0.95),
-                              ("holdout", 0.2)):
+                              ("confidence", 0.9), ("ood_quantile", 0.1),
+                              ("duplicate_threshold", 0.97)):
             value = getattr(self, name)
             if value is not None and not np.isfinite(value):
                 raise bad(name, value, f"use a finite number, e.g. {example}")
-        if self.threshold is None and self.target_precision is None:
+        if self.threshold is None and not self.calibrating:
             raise OmniferError("give --threshold (e.g. 0.9) or --target-precision (e.g. 0.95)")
         parse_device(self.device)
-        for name in ("threshold", "leak_threshold"):
+        for name in ("threshold", "leak_threshold", "duplicate_threshold"):
             value = getattr(self, name)
             if value is not None and not -1.0 <= value <= 1.0:
                 raise bad(name, value, "cosine similarity lies in [-1, 1]; use e.g. "
@@ -81,10 +97,21 @@ class MineConfig(StageConfig):
             raise bad("per_class_max", self.per_class_max, "use at least 1")
         if self.balance is not None and self.balance < 1.0:
             raise bad("balance", self.balance, "a ratio to the rarest class is at least 1")
-        if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
-            raise bad("target_precision", self.target_precision, "use a value in (0, 1]")
-        if not 0.0 < self.holdout < 1.0:
-            raise bad("holdout", self.holdout, "use a share in (0, 1), e.g. 0.2")
+        if self.target_precision is not None and not 0.0 < self.target_precision < 1.0:
+            raise bad("target_precision", self.target_precision,
+                      "use a value in (0, 1), e.g. 0.95 (--no-calibrate: one threshold)")
+        if not 0.0 < self.confidence < 1.0:
+            raise bad("confidence", self.confidence, "use a probability in (0, 1), e.g. 0.9")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise bad("folds", self.folds, "use at least 2 cross-fitting folds, e.g. 5")
+        if not 0.0 <= self.ood_quantile < 1.0:
+            raise bad("ood_quantile", self.ood_quantile, "use a share in [0, 1), e.g. 0.1")
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not self.classes:
+                raise bad("classes", self.classes, "name at least one class, e.g. neutral,anger")
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if not isinstance(self.calibrate, bool):
+            raise bad("calibrate", self.calibrate, "use true or false")
         bits = HASH_BYTES * 8
         distance = self.leak_hash_distance
         if distance is not None and (isinstance(distance, bool) or not isinstance(distance, int)
@@ -95,43 +122,10 @@ class MineConfig(StageConfig):
             raise bad("search", self.search, f"use one of {', '.join(SEARCHES)}")
 
 
-@dataclass
-class Calibration:
-    """Held-out labeled faces mined against the rest of the labeled set."""
-
-    truth: np.ndarray  #: int [h] true class of each held-out face
-    best: np.ndarray  #: int [h] mined class
-    score: np.ndarray  #: float [h] evidence of the mined class
-    eligible: np.ndarray  #: bool [h] margin and votes pass (the threshold is not applied)
-
-    def kept(self, thresholds: np.ndarray) -> np.ndarray:
-        return self.eligible & (self.score >= thresholds[self.best])
-
-    def estimate(self, thresholds: np.ndarray) -> dict[str, Any]:
-        """Precision and coverage on the held-out faces, overall and per mined class."""
-        kept = self.kept(thresholds)
-        right = kept & (self.best == self.truth)
-        per = {}
-        for c in range(len(thresholds)):
-            sel = kept & (self.best == c)
-            per[c] = {"kept": int(sel.sum()),
-                      "precision": float(right[sel].mean()) if sel.any() else None}
-        return {"held_out": len(kept), "kept": int(kept.sum()),
-                "coverage": float(kept.mean()) if len(kept) else 0.0,
-                "precision": float(right.sum() / kept.sum()) if kept.any() else None,
-                "per_class": per}
-
-    def curve(self, points: int = 200) -> dict[str, list[float]]:
-        """Precision against coverage as one global threshold falls (best scores first)."""
-        order = np.argsort(-self.score[self.eligible], kind="stable")
-        right = (self.best == self.truth)[self.eligible][order]
-        if not len(right):
-            return {"threshold": [], "precision": [], "coverage": []}
-        n = np.arange(1, len(right) + 1)
-        at = np.unique(np.linspace(0, len(right) - 1, min(points, len(right))).astype(int))
-        return {"threshold": self.score[self.eligible][order][at].tolist(),
-                "precision": (np.cumsum(right) / n)[at].tolist(),
-                "coverage": (n / len(self.truth))[at].tolist()}
+    @property
+    def calibrating(self) -> bool:
+        """Whether the thresholds are calibrated per class to ``target_precision``."""
+        return self.calibrate and self.target_precision is not None
 
 
 @dataclass
@@ -144,8 +138,11 @@ class MineResult:
     neighbours: np.ndarray  #: int64 [r, k] labeled rows, nearest first
     neighbour_scores: np.ndarray
     thresholds: np.ndarray  #: float [C] (inf: class not mined)
+    left_out: list[str | None]  #: per class, why it was not mined (None: it was)
     calibration: Calibration
-    estimate: dict[str, Any]  #: held-out precision/coverage at ``thresholds``
+    estimate: dict[str, Any]  #: calibration precision/coverage at ``thresholds``
+    duplicate_of: np.ndarray  #: int64 pool row of each mined face's cluster head (-1: itself)
+    ood_cut: float  #: k-th-neighbour cosine below which pool faces were rejected
     counts: dict[str, int]
     evidence: Evidence  #: every candidate (scores of all classes), for the report
     excluded: np.ndarray  #: bool [n] pool rows too close to an evaluation image
@@ -168,53 +165,46 @@ def check_classes(labels: np.ndarray, classes: Sequence[str],
             f"class {empty[0]!r} has no labeled example{' (nor ' + ', '.join(map(repr, empty[1:])) + ')' if len(empty) > 1 else ''}; "
             "add labeled faces of it, or mine with a labeled set that covers every class"
         )
-    if config is not None:
-        left = len(labels) - sum(_held_count(int(n), config.holdout) for n in counts)
-        if config.k > left:
-            raise OmniferError(
-                f"k is {config.k} but the labeled set has {len(labels)} faces, {left} after "
-                f"holding out {config.holdout:g} of each class for calibration; use --k {left} "
-                "or less (e.g. 10), or add labeled faces")
+    if config is None:
+        return
+    unknown = [c for c in config.classes or () if c not in classes]
+    if unknown:
+        raise OmniferError(f"class {unknown[0]!r} (of --classes) is not in the labeled set; use "
+                           f"some of {', '.join(classes)}")
+    left = len(labels) - -(-len(labels) // config.folds)  # reference of the largest fold
+    if config.k > left:
+        raise OmniferError(
+            f"k is {config.k} but the labeled set has {len(labels)} faces, about {left} in the "
+            f"reference of each of the {config.folds} calibration folds; use --k {left} or "
+            "less (e.g. 10), or add labeled faces")
 
 
-def _held_count(n: int, holdout: float) -> int:
-    """Labeled faces held out for calibration from a class of ``n``: at least one stays."""
-    return min(int(round(holdout * n)), n - 1) if n > 1 else 0
+def calibrate(labeled: np.ndarray, labels: np.ndarray, n_classes: int,
+              config: MineConfig) -> Calibration:
+    """Every labeled face mined against the other cross-fitting folds."""
+    ev, _ = cross_fit(labeled, labels, n_classes, k=config.k, score=config.score,
+                      prototypes=config.prototypes, folds=config.folds, seed=config.seed,
+                      device=config.device)
+    return Calibration.from_evidence(ev, labels[ev.rows], margin=config.margin,
+                                     min_votes=config.min_votes, prototypes=config.prototypes,
+                                     confidence=config.confidence)
 
 
-def calibrate(labeled: np.ndarray, labels: np.ndarray, n_classes: int, config: MineConfig,
-              ) -> Calibration:
-    """Hold out ``config.holdout`` of each class, mine it against the rest, exactly."""
-    rng = np.random.default_rng(config.seed)
-    held = np.zeros(len(labels), bool)
-    for c in range(n_classes):
-        idx = np.flatnonzero(labels == c)
-        held[rng.choice(idx, size=_held_count(len(idx), config.holdout), replace=False)] = True
-    ref = ~held
-    ev = evidence(labeled[held], labeled[ref], labels[ref], n_classes, k=config.k,
-                  score=config.score, prototypes=config.prototypes, floor=-1.0,
-                  device=config.device)
-    ok = select(ev, threshold=-1.0, margin=config.margin, min_votes=config.min_votes)
-    return Calibration(labels[held][ev.rows], ev.best, ev.scores[np.arange(len(ev.rows)), ev.best],
-                       ok)
-
-
-def class_thresholds(cal: Calibration, target: float, n_classes: int, *,
-                     floor: float | None) -> np.ndarray:
-    """Per class, lower the threshold through the held-out faces mined as that class (best
-    score first) and stop just before precision first falls below ``target`` (counted once
-    ``MIN_SUPPORT`` faces are in); ``inf`` for a class that never reaches it."""
-    out = np.full(n_classes, np.inf)
-    for c in range(n_classes):
-        sel = cal.eligible & (cal.best == c)
-        order = np.argsort(-cal.score[sel], kind="stable")
-        n = np.arange(1, sel.sum() + 1)
-        precision = np.cumsum(cal.truth[sel][order] == c) / n
-        below = np.flatnonzero((precision < target) & (n >= MIN_SUPPORT))
-        stop = below[0] if len(below) else len(n)  # faces kept
-        if stop >= MIN_SUPPORT:
-            out[c] = cal.score[sel][order][stop - 1]
-    return out if floor is None else np.maximum(out, floor)
+def thresholds_for(cal: Calibration, classes: Sequence[str], config: MineConfig,
+                   ) -> tuple[np.ndarray, list[str | None], list[str]]:
+    """Per-class thresholds (``inf``: not mined), why each class left out was, and notes on
+    the classes mined without the precision bound."""
+    n = len(classes)
+    weak: list[str | None] = [None] * n
+    if config.calibrating:
+        thresholds, why, weak = class_thresholds(cal, config.target_precision, n,
+                                                 floor=config.threshold)
+    else:
+        thresholds, why = np.full(n, float(config.threshold)), [None] * n
+    for c, name in enumerate(classes):
+        if config.classes is not None and name not in config.classes:
+            thresholds[c], why[c], weak[c] = np.inf, "not among --classes", None
+    return thresholds, why, [f"{name}: {w}" for name, w in zip(classes, weak) if w]
 
 
 def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: Sequence[str],
@@ -243,16 +233,11 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         excluded = near_duplicates(pool, exclude, threshold=config.leak_threshold,
                                    device=config.device)
     cal = calibrate(labeled, labels, n_classes, config)
-    if config.target_precision is not None:
-        thresholds = class_thresholds(cal, config.target_precision, n_classes,
-                                      floor=config.threshold)
-    else:
-        thresholds = np.full(n_classes, float(config.threshold))
-    finite = thresholds[np.isfinite(thresholds)]
-    # rows whose best cosine is below the lowest threshold cannot pass (for vote only when that
-    # threshold is >= 0): they are dropped right after the matrix product
-    floor = float(finite.min()) if len(finite) else 1.0
-    floor = floor if floor >= 0 else -1.0
+    cut = ood_cut(cal.kth, config.ood_quantile)
+    cal.eligible &= cal.kth >= cut  # calibration faces like the ones the pool keeps
+    # rows whose best cosine is below the floor cannot pass (for vote only when the floor is
+    # >= 0): they are dropped right after the matrix product
+    floor = -1.0 if config.threshold is None or config.threshold < 0 else config.threshold
     use_index = index is not None and (config.search == "index" or
                                        (config.search == "auto" and approximate))
     knobs = dict(k=config.k, score=config.score, prototypes=config.prototypes,
@@ -266,27 +251,44 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
                       progress=progress, **knobs)
     else:
         ev = evidence(pool, labeled, labels, n_classes, floor=floor, progress=progress, **knobs)
+    typical = kth_similarity(ev.neighbour_scores) >= cut
+    if config.calibrating:  # calibrate at the pool's class balance
+        among = cal.eligible & (cal.nearest >= floor)
+        cal.priors = pool_priors(cal.best[among], cal.truth[among], ev.best[typical], n_classes)
+        cal.weight = shift_weights(cal.truth, cal.priors, n_classes, among)
+    thresholds, why, notes = thresholds_for(cal, classes, config)
     passed = _select(ev, thresholds, config)
-    leaked = passed & excluded[ev.rows]
-    copies = _hash_copies(ev.rows, passed & ~leaked, exclude_hashes, pool_hashes, config)
+    ood = passed & ~typical
+    leaked = passed & ~ood & excluded[ev.rows]
+    copies = _hash_copies(ev.rows, passed & ~ood & ~leaked, exclude_hashes, pool_hashes, config)
     leaked |= copies
-    keep = np.flatnonzero(passed & ~leaked)
-    keep = _cap(keep, ev.best[keep], ev.scores[keep, ev.best[keep]], config, n_classes)
+    keep = np.flatnonzero(passed & ~ood & ~leaked)
     best = ev.best[keep]
+    score = ev.scores[keep, best]
+    head = duplicate_clusters(pool[ev.rows[keep]], best, ev.neighbours[keep, 0], score,
+                              config.duplicate_threshold)
+    at, head = _cap(best, score, head, config, n_classes)
+    keep, best = keep[at], best[at]
     recall = None
     if use_index:
         recall = _recall(pool, labeled, labels, n_classes, ev.rows[passed], thresholds, config)
+    merged = int((head != np.arange(len(keep))).sum())
     counts = {"pool": len(pool), "candidates": len(ev.rows), "passed": int(passed.sum()),
+              "ood_rejected": int(ood.sum()),
               "leak_excluded": int(leaked.sum()), "leak_excluded_hash": int(copies.sum()),
               "leak_near_duplicates": int(excluded.sum()),
-              "capped": int(passed.sum() - leaked.sum() - len(keep)), "mined": len(keep)}
+              "capped": int(passed.sum() - ood.sum() - leaked.sum() - len(keep)),
+              "duplicates_merged": merged, "mined": len(keep)}
     counts.update({f"mined_{c}": int((best == i).sum()) for i, c in enumerate(classes)})
+    rows = ev.rows[keep]
     return MineResult(
-        rows=ev.rows[keep], labels=best, scores=ev.scores[keep, best],
+        rows=rows, labels=best, scores=ev.scores[keep, best],
         margins=ev.margin[keep], votes=ev.votes[keep, best], neighbours=ev.neighbours[keep],
-        neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, calibration=cal,
-        estimate=cal.estimate(thresholds), counts=counts, evidence=ev, excluded=excluded,
-        recall=recall, search="index" if use_index else "exact")
+        neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, left_out=why,
+        calibration=cal, estimate=cal.estimate(thresholds),
+        duplicate_of=np.where(head == np.arange(len(keep)), -1, rows[head]), ood_cut=cut,
+        counts=counts, evidence=ev, excluded=excluded, recall=recall,
+        search="index" if use_index else "exact", notes=notes)
 
 
 def _hash_copies(rows: np.ndarray, check: np.ndarray, reference: np.ndarray | None,
@@ -311,19 +313,26 @@ def _select(ev: Evidence, thresholds: np.ndarray, config: MineConfig) -> np.ndar
     return passed & finite[ev.best]
 
 
-def _cap(keep: np.ndarray, best: np.ndarray, score: np.ndarray, config: MineConfig,
-         n_classes: int) -> np.ndarray:
-    """Order by class then score (best first) and apply --per-class-max and --balance."""
+def _cap(best: np.ndarray, score: np.ndarray, head: np.ndarray, config: MineConfig,
+         n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order by class then score (best first) and apply --per-class-max and --balance, a
+    cluster of near duplicates counting once (its members stay or go with its head). Returns
+    the positions kept, in that order, and each one's head as a position in that output."""
     order = np.lexsort((-score, best))
-    keep, best = keep[order], best[order]
-    counts = np.bincount(best, minlength=n_classes)
+    is_head = head == np.arange(len(best))
+    clusters = np.bincount(best[is_head], minlength=n_classes)
     cap = np.full(n_classes, np.iinfo(np.int64).max)
     if config.per_class_max is not None:
         cap[:] = config.per_class_max
-    if config.balance is not None and (counts > 0).any():
-        cap = np.minimum(cap, int(np.floor(config.balance * counts[counts > 0].min())))
-    rank = np.arange(len(best)) - np.searchsorted(best, best)  # position within its class
-    return keep[rank < cap[best]]
+    if config.balance is not None and (clusters > 0).any():
+        cap = np.minimum(cap, int(np.floor(config.balance * clusters[clusters > 0].min())))
+    heads = order[is_head[order]]  # by class then score
+    rank = np.zeros(len(best), np.int64)
+    rank[heads] = np.arange(len(heads)) - np.searchsorted(best[heads], best[heads])
+    at = order[rank[head[order]] < cap[best[order]]]
+    where = np.full(len(best), -1, np.int64)
+    where[at] = np.arange(len(at))
+    return at, where[head[at]]
 
 
 def _recall(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, n_classes: int,

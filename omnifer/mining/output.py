@@ -16,7 +16,7 @@ from omnifer.mining.mine import MineResult
 
 #: Columns after the sample-table ones: why each face was mined.
 PROVENANCE = ("key", "face", "label", "score", "margin", "votes", "neighbours",
-              "neighbour_scores", "model_fingerprint", "index_fingerprint")
+              "neighbour_scores", "duplicate_of", "model_fingerprint", "index_fingerprint")
 MAGIC = {b"\xff\xd8": ".jpg", b"\x89P": ".png", b"RI": ".webp", b"BM": ".bmp"}
 
 
@@ -49,10 +49,17 @@ def mined_table(result: MineResult, ids: pd.DataFrame, images: Sequence[str], *,
         "votes": result.votes.astype(np.int32),
         "neighbours": [list(labeled_ids[r]) for r in result.neighbours],
         "neighbour_scores": [list(map(float, s)) for s in result.neighbour_scores],
+        # sample id of the better-scored mined face this one nearly duplicates ("" : none)
+        "duplicate_of": _duplicate_ids(result, rows),
         "model_fingerprint": model_fingerprint, "index_fingerprint": index_fingerprint,
     })
     return LabeledSet(table=table, expressions=tuple(classes), aus=tuple(aus),
                       sources=("mined",)), extra
+
+
+def _duplicate_ids(result: MineResult, rows: pd.DataFrame) -> list[str]:
+    own = dict(zip(result.rows.tolist(), sample_ids(rows)))
+    return [own[int(r)] if r >= 0 else "" for r in result.duplicate_of]
 
 
 def export_images(source: Any, rows: pd.DataFrame, out_dir: str | Path, *, detected: bool,

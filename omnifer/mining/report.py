@@ -82,19 +82,35 @@ def summary_lines(result: MineResult, classes: Sequence[str]) -> list[str]:
              f"mined {c['mined']} of {c['pool']} pool faces ({c['mined'] / max(c['pool'], 1):.1%}); "
              f"{c['candidates']} candidates, {c['passed']} passed threshold/margin/votes, "
              f"{c['capped']} dropped by caps"]
+    lines.append(f"out of distribution: {c['ood_rejected']} faces that would have been mined "
+                 f"were rejected (their {result_k(result)}-th labeled neighbour is less similar "
+                 f"than the labeled faces' own at the cut: cosine < {result.ood_cut:.3f})")
+    lines.append(f"near duplicates: {c['duplicates_merged']} mined faces are near duplicates of "
+                 "a better-scored mined face; each cluster counted once toward caps and balance")
     lines.append(f"leak guard: {c['leak_near_duplicates']} pool faces are near duplicates of "
                  f"evaluation images or their mirror images; {c['leak_excluded']} faces that "
                  f"would have been mined were dropped ({c.get('leak_excluded_hash', 0)} of them "
                  "found by perceptual hash)")
     prec = "n/a" if est["precision"] is None else f"{est['precision']:.3f}"
-    lines.append(f"held-out estimate: precision {prec}, coverage {est['coverage']:.3f} "
-                 f"({est['kept']} of {est['held_out']} held-out labeled faces)")
+    if est.get("interval"):
+        low, high = est["interval"]
+        prec += f" ({est['confidence']:.0%} interval {low:.3f}-{high:.3f})"
+    lines.append(f"calibration estimate: precision {prec}, coverage {est['coverage']:.3f} "
+                 f"({est['kept']} of {est['held_out']} cross-fitted labeled faces)")
+    for name, why in zip(classes, result.left_out):
+        if why is not None:
+            lines.append(f"{name} was not mined: {why}")
+    lines += result.notes
     if result.recall is not None:
         r = result.recall
         rec = "n/a" if r["recall"] is None else f"{r['recall']:.4f}"
         lines.append(f"index recall against exact mining: {rec} on a sample of {r['sample']} "
                      f"pool faces ({r['exact_selected']} mined exactly)")
     return lines
+
+
+def result_k(result: MineResult) -> int:
+    return int(result.neighbour_scores.shape[1]) if result.neighbour_scores.ndim == 2 else 0
 
 
 def class_rows(result: MineResult, classes: Sequence[str]) -> list[dict[str, Any]]:
@@ -105,7 +121,10 @@ def class_rows(result: MineResult, classes: Sequence[str]) -> list[dict[str, Any
         rows.append({"class": name, "threshold": float(result.thresholds[i]),
                      "mined": int(sel.sum()),
                      "mean_score": float(result.scores[sel].mean()) if sel.any() else None,
-                     "held_out_precision": per["precision"], "held_out_kept": per["kept"]})
+                     "held_out_precision": per["precision"], "held_out_kept": per["kept"],
+                     "held_out_interval": per.get("interval"),
+                     "duplicates_merged": int((result.duplicate_of[sel] >= 0).sum()),
+                     "left_out": result.left_out[i]})
     return rows
 
 
@@ -118,17 +137,23 @@ def markdown(result: MineResult, *, classes: Sequence[str], config: MineConfig,
     out = ["# Mining report", "",
            *[f"- {line}" for line in summary_lines(result, classes)],
            f"- evidence: {score}; margin {config.margin}; min votes {config.min_votes}"
-           + (f"; target precision {config.target_precision}" if config.target_precision else ""),
+           + (f"; target precision {config.target_precision} at confidence {config.confidence}"
+              if config.calibrating else ""),
            *[f"- {k}: `{v}`" for k, v in inputs.items()], "",
-           "| class | threshold | mined | mean score | held-out precision | held-out kept |",
-           "|---|---|---|---|---|---|"]
+           "| class | threshold | mined | near duplicates | mean score | calibration precision "
+           "| interval | calibration faces |", "|---|---|---|---|---|---|---|---|"]
     for r in class_rows(result, classes):
         t = "not mined" if not np.isfinite(r["threshold"]) else fmt(r["threshold"])
-        out.append(f"| {r['class']} | {t} | {r['mined']} | {fmt(r['mean_score'])} | "
-                   f"{fmt(r['held_out_precision'])} | {r['held_out_kept']} |")
-    out += ["", "Held-out precision is measured on labeled faces held out of the reference set "
-            "and mined as if unlabeled; pool faces that differ from the labeled ones (other "
-            "domains, distractors) can make the real precision lower.", "",
+        iv = r["held_out_interval"]
+        iv = "-" if iv is None else f"{iv[0]:.3f}-{iv[1]:.3f}"
+        out.append(f"| {r['class']} | {t} | {r['mined']} | {r['duplicates_merged']} | "
+                   f"{fmt(r['mean_score'])} | {fmt(r['held_out_precision'])} | {iv} | "
+                   f"{r['held_out_kept']} |")
+    out += ["", "Calibration precision is measured on the labeled faces, each mined against the "
+            f"other {config.folds - 1} of {config.folds} folds as if unlabeled; the interval is "
+            f"two-sided Clopper-Pearson at {config.confidence:g}. Pool faces that differ from the "
+            "labeled ones (other domains, blends, distractors) can make the real precision "
+            "lower.", "",
             "![score histograms](histograms.png)", "",
             "![precision/coverage](precision_coverage.png)", ""]
     return "\n".join(out)

@@ -99,6 +99,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      similarity="cosine of L2-normalised embeddings", search=result.search,
                      thresholds=class_rows(result, classes), estimate=estimate,
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
+                     ood_cut=result.ood_cut,
                      summary=summary_lines(result, classes))
     return MineRun.from_run(run)
 
