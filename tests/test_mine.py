@@ -255,6 +255,16 @@ def test_classes_option_and_left_out_classes(data):
     r = mine(pool, labeled, labels, classes=CLASSES,
              config=MineConfig(threshold=0.85, classes=("b",), **FIXED))
     assert set(r.labels.tolist()) == {1} and r.left_out[0] == "not among --classes"
+    from omnifer.mining.report import class_rows, markdown, summary_lines
+
+    lines = summary_lines(r, CLASSES)
+    assert "a was not mined: not among --classes" in lines
+    assert any(line.startswith("out of distribution: ") for line in lines)
+    assert class_rows(r, CLASSES)[0]["left_out"] == "not among --classes"
+    cal = mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(threshold=0.85))
+    text = markdown(cal, classes=CLASSES, config=MineConfig(threshold=0.85), inputs={})
+    assert "target precision 0.95 at confidence 0.9" in text and "90% interval" in "\n".join(
+        summary_lines(cal, CLASSES))
     with pytest.raises(OmniferError, match="class 'z' .* is not in the labeled set"):
         mine(pool, labeled, labels, classes=CLASSES, config=MineConfig(classes=("z",)))
 
