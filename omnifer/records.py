@@ -139,6 +139,8 @@ class SynthRun(RunRecord):
     test: Path = output()  #: TOML spec of the test set
     pool: Path = output()
     pool_truth: Path = output()  #: the pool's hidden truth, for benchmarks
+    #: the flipped labels of ``synth --label-noise`` (None without label noise)
+    label_noise: Path | None = output(default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +231,21 @@ class MineRun(RunRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditRun(RunRecord):
+    """A label audit of labeled data: one row per face in ``table`` (docs/audit.md)."""
+
+    stage: ClassVar[str] = "audit"
+    config_class: ClassVar[Any] = _LazyConfig("omnifer.mining.audit", "AuditConfig")
+    config_key: ClassVar[str] = "audit"
+    table: Path = output()  #: audit.parquet
+    csv: Path | None = output(default=None)  #: audit.csv, the same table
+    sheet: Path | None = output(default=None)  #: suspects.png (absent when nothing is flagged)
+    report: Path | None = output(default=None)
+    summary: list[str] = field(default_factory=list)  #: the report's first lines
+    outlier_cut: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DistillRun(RunRecord):
     stage: ClassVar[str] = "distill"
     config_class: ClassVar[Any] = _LazyConfig("omnifer.distill.config", "DistillConfig")
@@ -264,8 +281,8 @@ class PublishRun(RunRecord):
 
 
 RECORDS: dict[str, type[RunRecord]] = {
-    r.stage: r for r in (SynthRun, TrainRun, EvaluateRun, IndexRun, MineRun, DistillRun,
-                         PublishRun)}
+    r.stage: r for r in (SynthRun, TrainRun, EvaluateRun, IndexRun, MineRun, AuditRun,
+                         DistillRun, PublishRun)}
 
 
 def record_of(run: Run) -> RunRecord:

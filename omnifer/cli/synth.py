@@ -20,6 +20,9 @@ from omnifer.synth.options import SynthOptions as D
               help="Face size in pixels [default: the preset's, 112].")
 @click.option("--domain-shift", is_flag=True, default=None,
               help="Render the pool with a shifted identity and lighting distribution.")
+@click.option("--label-noise", default=None, type=float, metavar="RATE",
+              help="Flip this share of the labeled expression labels to another class; the "
+                   f"flips are recorded in OUT/label_noise.parquet [{D.label_noise}].")
 @pass_ctx
 def command(ctx: Context, out: str, config_file: str | None, **options: Any) -> None:
     """Write labeled databases, an unlabeled pool (with hidden truth) and a test set to OUT."""
@@ -27,10 +30,16 @@ def command(ctx: Context, out: str, config_file: str | None, **options: Any) -> 
 
     rec = pipeline.synth(ctx.workspace, make_config(D, config_file, **options), out=out,
                          progress=ctx.progress)
-    total = sum(v for v in rec.counts.values() if isinstance(v, int))
+    images = {k: v for k, v in rec.counts.items() if not k.startswith("label_noise_")}
+    total = sum(v for v in images.values() if isinstance(v, int))
     text = [f"wrote {total} images to {rec.out} in {rec.seconds:.1f}s (run {rec.ref})"]
-    text += [f"  {k:<12} {v}" for k, v in rec.counts.items()]
+    text += [f"  {k:<12} {v}" for k, v in images.items()]
+    if rec.label_noise is not None:
+        flips = ", ".join(f"{rec.counts.get('label_noise_' + s, 0)} in {s}"
+                          for s in ("expr", "multi"))
+        text.append(f"  flipped expression labels: {flips} (truth: {rec.label_noise})")
     text.append(ctx.next(f"train --data {rec.labeled}"))
     ctx.emit({"run": rec.ref, "out": rec.out, "labeled": rec.labeled, "test": rec.test,
-              "pool": rec.pool, "pool_truth": rec.pool_truth, "counts": rec.counts,
+              "pool": rec.pool, "pool_truth": rec.pool_truth,
+              "label_noise": rec.label_noise, "counts": rec.counts,
               "seconds": rec.seconds}, "\n".join(text))

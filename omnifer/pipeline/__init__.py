@@ -9,6 +9,7 @@ nothing, and returns the stage's typed run record (``omnifer.records``)::
     teacher = pipeline.train("ws", TrainConfig(backbone="convnet", input_size=64, epochs=10))
     pool = pipeline.index("ws", pool=synth.pool)
     mined = pipeline.mine("ws", MineConfig(threshold=0.9))
+    issues = pipeline.audit("ws")          # label errors, duplicates, outliers (AuditConfig)
 
 Pass ``progress=tqdm_progress`` for progress bars. This is the only package that knows two
 stages at once; the CLI parses flags, calls these functions and prints their records.
@@ -16,6 +17,7 @@ stages at once; the CLI parses flags, calls these functions and prints their rec
 
 from __future__ import annotations
 
+from omnifer.pipeline.audit import audit
 from omnifer.pipeline.distill import distill
 from omnifer.pipeline.distill_evaluate import distill_evaluate
 from omnifer.pipeline.index import index
@@ -27,5 +29,5 @@ from omnifer.pipeline.synth import synth
 from omnifer.synth.options import SynthOptions
 from omnifer.pipeline.train import evaluate, train
 
-__all__ = ["SynthOptions", "distill", "distill_evaluate", "evaluate", "index", "mine",
+__all__ = ["SynthOptions", "audit", "distill", "distill_evaluate", "evaluate", "index", "mine",
            "no_progress", "publish", "rebuild", "synth", "tqdm_progress", "train"]

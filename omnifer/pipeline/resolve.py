@@ -84,14 +84,19 @@ def synth_output(ws: Workspace, ref: Any, output: str) -> str:
     return str(getattr(SynthRun.from_run(found), output))
 
 
+def latest_test(ws: Workspace) -> list[str]:
+    """The latest synth run's test set, or none when no synth run is known."""
+    run = ws.latest("synth")
+    return [str(run.outputs["test"])] if run is not None and "test" in run.outputs else []
+
+
 def default_exclude(ws: Workspace) -> list[str]:
     """The latest synth run's test set; none (with a warning) when no synth run is known."""
-    run = ws.latest("synth")
-    if run is not None and "test" in run.outputs:
-        return [str(run.outputs["test"])]
-    log.warning("leak guard off: no evaluation set known; pass --exclude TEST_DATA so that near "
-                "duplicates of test images are never mined")
-    return []
+    found = latest_test(ws)
+    if not found:
+        log.warning("leak guard off: no evaluation set known; pass --exclude TEST_DATA so that "
+                    "near duplicates of test images are never mined")
+    return found
 
 
 def data_path(ws: Workspace, ref: Any) -> Path:

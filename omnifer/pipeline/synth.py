@@ -26,6 +26,8 @@ def synth(workspace: Any = None, config: SynthOptions | None = None, *, out: Any
         with bar(progress, "synth", "face") as update:
             result = generate(out, preset=config.preset, seed=config.seed,
                               size=config.size, domain_shift=config.domain_shift,
-                              on_progress=update)
-        run.complete(outputs=result.outputs, counts=result.counts, synth_seconds=result.seconds)
+                              label_noise=config.label_noise, on_progress=update)
+        counts = {**result.counts, **{k: v for k, v in result.details.items()
+                                      if k.startswith("label_noise_")}}
+        run.complete(outputs=result.outputs, counts=counts, synth_seconds=result.seconds)
     return SynthRun.from_run(run)

@@ -30,6 +30,9 @@ class Chunk:
     config: SynthConfig
     identities: np.ndarray
     shifted: bool
+    #: the given (possibly noisy) class of each sample of an ``expr`` chunk: the class folder it
+    #: is written to (None: the true class; see ``omnifer.synth.label_noise``)
+    given: np.ndarray | None = None
 
 
 def image_path(split: str, idx: int, cls: int, config: SynthConfig) -> str:
@@ -69,6 +72,9 @@ def run_chunk(chunk: Chunk) -> dict:
         pick = subsets[rng.integers(0, len(subsets), n)]
         rows["tasks"] = np.where(full[:, None], True, pick)
     else:
+        if chunk.given is not None:
+            rows["true_expression"] = rows["expression"]
+            rows["expression"] = np.asarray(chunk.given, np.int64)
         paths = []
         for i, data in enumerate(images):
             rel = image_path(split, chunk.start + i, int(rows["expression"][i]), config)

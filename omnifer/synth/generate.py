@@ -25,6 +25,8 @@ from omnifer.synth.chunks import Chunk, run_chunk
 from omnifer.synth.config import SynthConfig, resolve_config
 from omnifer.synth.contact import write_contact_sheets
 from omnifer.synth.faces import AUS
+from omnifer.synth.label_noise import (add_multi_noise, check_rate, expr_labels,
+                                       write_label_noise)
 from omnifer.synth.labeled import write_labeled
 from omnifer.synth.pool_truth import write_pool_truth
 from omnifer.synth.sampling import SPLITS, id_offsets, identity_table
@@ -52,8 +54,12 @@ class SynthResult:
     pool: Path
     pool_truth: Path
     contact_sheets: tuple[Path, ...] = field(default=())
-    #: Breakdowns: multi rows per task (multi_expression, ...), pool rows per kind (pool_face, ...).
+    #: Breakdowns: multi rows per task (multi_expression, ...), pool rows per kind (pool_face, ...)
+    #: and, with label noise, the flipped labels per database (label_noise_expr, ...).
     details: dict[str, int] = field(default_factory=dict)
+    label_noise: float = 0.0
+    #: the flipped labels' hidden truth (only written when ``label_noise`` > 0)
+    label_noise_truth: Path | None = None
 
     @property
     def total(self) -> int:
@@ -61,21 +67,24 @@ class SynthResult:
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {
+        out = {
             "out": str(self.out), "labeled": str(self.labeled_toml), "test": str(self.test_toml),
             "pool": str(self.pool), "pool_truth": str(self.pool_truth),
         }
+        if self.label_noise_truth is not None:
+            out["label_noise"] = str(self.label_noise_truth)
+        return out
 
 
-def _check_out_dir(out: Path, config: SynthConfig, seed: int) -> None:
-    """Refuse a non-empty OUT that was not made by the same config and seed."""
+def _check_out_dir(out: Path, config: SynthConfig, seed: int, label_noise: float) -> None:
+    """Refuse a non-empty OUT that was not made by the same config, seed and label noise."""
     if not out.exists():
         return
     if not out.is_dir():
         raise OmniferError(f"synth output {out} is a file; give a directory path")
     if not any(out.iterdir()):
         return
-    want = {"config": config.to_dict(), "seed": seed}
+    want = {"config": config.to_dict(), "seed": seed, "label_noise": label_noise}
     for marker in ("synth.json", ".synth-partial.json"):
         path = out / marker
         if path.exists():
@@ -83,11 +92,13 @@ def _check_out_dir(out: Path, config: SynthConfig, seed: int) -> None:
                 have = json.loads(path.read_text("utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
-            if {"config": have.get("config"), "seed": have.get("seed")} == want:
+            if {"config": have.get("config"), "seed": have.get("seed"),
+                    "label_noise": have.get("label_noise", 0.0)} == want:
                 return
             raise OmniferError(
-                f"{out} already holds a synthetic benchmark made with a different config or seed "
-                f"(seed {have.get('seed')}); choose another output directory or delete it")
+                f"{out} already holds a synthetic benchmark made with a different config or seed, "
+                f"or another label noise (seed {have.get('seed')}, label noise "
+                f"{have.get('label_noise', 0.0)}); choose another output directory or delete it")
     raise OmniferError(
         f"{out} is not empty and holds no synth.json; choose an empty or new output directory")
 
@@ -104,14 +115,17 @@ def _make_dirs(out: Path, config: SynthConfig) -> None:
 
 def generate(
     out_dir: str | os.PathLike, *, preset: str = "demo", seed: int = 0, size: int | None = None,
-    domain_shift: bool = False, on_progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None, **overrides,
+    domain_shift: bool = False, label_noise: float = 0.0,
+    on_progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+    **overrides,
 ) -> SynthResult:
     """Render the synthetic FER benchmark into ``out_dir``.
 
     ``preset`` is one of tiny, small, demo, large; ``overrides`` replace fields of its
     :class:`SynthConfig`. ``workers`` (default: up to 2 processes for big runs) does not change
     the output. ``on_progress(done, total)`` is called as images are written.
+    ``label_noise`` flips that share of the expression labels of the labeled databases and
+    records them in ``label_noise.parquet`` (:mod:`omnifer.synth.label_noise`).
     """
     t0 = time.perf_counter()
     if domain_shift:
@@ -120,11 +134,13 @@ def generate(
     seed = int(seed)
     if seed < 0:
         raise OmniferError(f"seed {seed} is negative; use a non-negative integer")
+    label_noise = check_rate(label_noise)
+    noise = {"label_noise": label_noise} if label_noise else {}
     out = Path(out_dir)
-    _check_out_dir(out, config, seed)
+    _check_out_dir(out, config, seed, label_noise)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / ".synth-partial.json", {"config": config.to_dict(), "seed": seed,
-                                                "preset": preset})
+                                                "preset": preset, **noise})
     _make_dirs(out, config)
 
     ids = {"labeled": identity_table(config, seed, "labeled"),
@@ -132,8 +148,11 @@ def generate(
            "pool": identity_table(config, seed, "pool", shifted=config.domain_shift)}
     sizes = {"expr": config.n_expr, "va": config.n_va, "au": config.n_au, "multi": config.n_multi,
              "test": config.n_test, "pool": config.n_pool}
+    given = expr_labels(config.n_expr, label_noise, seed)
     chunks = [Chunk(str(out), split, index, start, min(config.chunk_size, total - start), seed,
-                    config, ids[_GROUPS[split]], split == "pool" and config.domain_shift)
+                    config, ids[_GROUPS[split]], split == "pool" and config.domain_shift,
+                    None if given is None or split != "expr"
+                    else given[start:start + config.chunk_size])
               for split, total in sizes.items()
               for index, start in enumerate(range(0, total, config.chunk_size))]
     grand_total = sum(sizes.values())
@@ -166,11 +185,16 @@ def generate(
 
     t_tables = time.perf_counter()
     offsets = id_offsets(config)
+    add_multi_noise(split_rows("multi"), label_noise, seed)
     all_counts = {**write_labeled(out, config, split_rows),
                   **write_test_set(out, config, split_rows("test"), offsets["test"]),
                   **write_pool_truth(out, config, split_rows("pool"), offsets["pool"])}
     counts = {k: all_counts[k] for k in SPLITS}
     details = {k: v for k, v in all_counts.items() if k not in SPLITS}
+    truth = None
+    if label_noise:
+        truth, flipped = write_label_noise(out, split_rows("expr"), split_rows("multi"))
+        details.update(flipped)
     paths = write_contact_sheets(out, config, split_rows)
     tables_s = time.perf_counter() - t_tables
     seconds = time.perf_counter() - t0
@@ -178,7 +202,7 @@ def generate(
 
     atomic_write_json(out / "synth.json", {
         "generator": "omnifer synth", "format_version": FORMAT_VERSION, "version": __version__,
-        "preset": preset, "seed": seed, "config": config.to_dict(), "counts": counts,
+        "preset": preset, "seed": seed, **noise, "config": config.to_dict(), "counts": counts,
         "details": details,
         "seconds": {"render": round(render_s, 3), "tables": round(tables_s, 3),
                     "total": round(seconds, 3)},
@@ -191,4 +215,5 @@ def generate(
         out=out, config=config, seed=seed, counts=counts, seconds=seconds,
         labeled_toml=out / "labeled.toml", test_toml=out / "test.toml", pool=out / "pool",
         pool_truth=out / "pool_truth.parquet", contact_sheets=tuple(paths), details=details,
+        label_noise=label_noise, label_noise_truth=truth,
     )

@@ -20,7 +20,14 @@ class SynthOptions(StageConfig):
     seed: int = 0
     size: int | None = None  #: face size in pixels; None: the preset's
     domain_shift: bool = False  #: pool with shifted identities and lighting
+    #: share of the labeled expression labels flipped to another class (truth in
+    #: label_noise.parquet)
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size is not None and not 16 <= self.size <= 512:
             raise OmniferError(f"size is {self.size}; use 16 to 512 pixels")
+        if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)) \
+                or not 0.0 <= self.label_noise < 1.0:
+            raise OmniferError(f"label_noise is {self.label_noise!r}; use a share in [0, 1), "
+                               "e.g. 0.1 (0: no label noise)")
