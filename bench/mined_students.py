@@ -1,12 +1,13 @@
-"""Students on labeled data alone and on labeled data plus mined sets, several seeds.
+"""Models trained on labeled data alone and on labeled data plus mined sets, several seeds.
 
-Each arm trains a student (``omnifer train --student``, the workspace's primitive model as the
-teacher) with the same recipe on the labeled set plus the arm's mined set, and evaluates it on
-the synthetic test set (held-out identities, all labels). Results go to ``--out`` as JSON after
-every model; a rerun skips the (arm, seed) pairs already there.
+Each arm trains a model with the same recipe (``omnifer train``, ground truth and the mined
+pseudo-labels; with ``--teacher``, a student of that teacher's soft labels too) on the labeled
+set plus the arm's mined set, and evaluates it on the synthetic test set (held-out identities,
+all labels). Results go to ``--out`` as JSON after every model; a rerun skips the (arm, seed)
+pairs already there.
 
-    python bench/mined_students.py --workspace demo --teacher train/<primitive> \\
-        --arm old=mine/<run> --arm new=mine/<run> --seeds 0 1 2
+    python bench/mined_students.py --workspace demo --arm old=mine/<run> --arm new=mine/<run> \\
+        --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from omnifer.train import TrainConfig
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", default="demo")
-    ap.add_argument("--teacher", required=True, help="the primitive model's train run")
+    ap.add_argument("--teacher", default=None, help="a train run to learn soft labels from")
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=RUN",
                     help="a mined set to add to the labeled data; repeatable")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -41,8 +42,9 @@ def main() -> None:
                 continue
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
                                  seed=seed)
-            run = pipeline.train(args.workspace, config, extra=extra, student=True,
-                                 teacher=args.teacher, resume=False)
+            run = pipeline.train(args.workspace, config, extra=extra,
+                                 student=args.teacher is not None, teacher=args.teacher,
+                                 resume=False)
             ev = pipeline.evaluate(args.workspace, model=run.ref)
             m = json.loads((ev.path / "metrics.json").read_text())
             results[key] = {"run": run.ref, "seconds": run.seconds,
