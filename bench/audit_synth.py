@@ -110,8 +110,7 @@ def copies(ws: Workspace, run: AuditRun, n: int) -> dict:
 
     from omnifer.data.cache import decoded_images
     from omnifer.data.images import decode_bytes, read_image_bytes, resize
-    from omnifer.mining.audit import hash_matches
-    from omnifer.mining.leaks import image_hashes
+    from omnifer.mining.leaks import image_hashes, nearest_rows
     from omnifer.models.embedder import Embedder
     from omnifer.pipeline import resolve
     from omnifer.pipeline.embeddings import image_cache
@@ -125,7 +124,7 @@ def copies(ws: Workspace, run: AuditRun, n: int) -> dict:
     bits, cos = np.zeros(len(src), np.int64), np.zeros(len(src), np.float32)
     for db in np.unique(src):
         inside, other = np.flatnonzero(src == db), np.flatnonzero(src != db)
-        bits[inside] = hash_matches(hashes[inside], hashes[other])[0]
+        bits[inside] = nearest_rows(hashes[inside], hashes[other])[0]
         for a in range(0, len(inside), 1024):
             cos[inside[a:a + 1024]] = (emb[inside[a:a + 1024]] @ emb[other].T).max(axis=1)
     out = {"distinct": {"faces": len(src), "bits_min": int(bits.min()),

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from omnifer.errors import OmniferError
-from omnifer.mining.audit import (AuditConfig, audit, check_labels, hash_matches, label_scores,
+from omnifer.mining.audit import (AuditConfig, audit, check_labels, label_scores,
                                   suspects)
-from omnifer.mining.leaks import HASH_BYTES
+from omnifer.mining.leaks import HASH_BYTES, nearest_rows
 
 C = 4
 
@@ -96,7 +96,7 @@ def test_hash_only_copies_are_duplicates(faces):
     hashes[11] = hashes[40]
     hashes[11, :4] ^= 0xFF  # 32 bits apart; 11 in b, 40 in a
     test_hashes[3] = hashes[60]
-    bits, at = hash_matches(hashes[[11]], hashes)
+    bits, at = nearest_rows(hashes[[11]], hashes)
     assert at[0] == 11 and bits[0] == 0
     cfg = CFG.replace(hash_distance=40)
     test = unit(rng.standard_normal((5, 24)))

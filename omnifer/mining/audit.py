@@ -39,12 +39,11 @@ from omnifer.device import parse_device
 from omnifer.errors import OmniferError
 from omnifer.mining.crossfit import assign_folds, cross_fit
 from omnifer.mining.engine import SCORES, evidence
-from omnifer.mining.leaks import HASH_BYTES
+from omnifer.mining.leaks import HASH_BYTES, hamming, nearest_rows
 from omnifer.mining.ood import kth_similarity, ood_cut
 
 #: The label-issue scores ``AuditConfig.label_score`` knows.
 LABEL_SCORES = ("margin", "confidence")
-_BLOCK = 64  #: hashes compared at a time
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,12 @@ class Matches:
     def found(self) -> np.ndarray:
         return self.of >= 0
 
+    @classmethod
+    def none(cls, n: int) -> Matches:
+        """No near duplicate for any of ``n`` faces."""
+        return cls(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32),
+                   np.full(n, -1, np.int64))
+
 
 @dataclass(frozen=True, eq=False)
 class AuditResult:
@@ -178,33 +183,6 @@ def label_scores(scores: np.ndarray, given: np.ndarray, *, kind: str = "margin",
     return np.argmax(e, axis=1), score.astype(np.float32)
 
 
-def hash_matches(hashes: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int64 [n] bits to the nearest ``reference`` hash and int64 [n] its row (ties: lower)."""
-    words = _words(hashes)
-    ref = _words(reference)
-    bits = np.full(len(words), HASH_BYTES * 8 + 1, np.int64)
-    at = np.full(len(words), -1, np.int64)
-    if not len(ref):
-        return bits, at
-    for start in range(0, len(words), _BLOCK):
-        d = np.bitwise_count(words[start:start + _BLOCK, None, :] ^ ref[None]).sum(
-            axis=2, dtype=np.int32)
-        at[start:start + _BLOCK] = d.argmin(axis=1)
-        bits[start:start + _BLOCK] = d.min(axis=1)
-    return bits, at
-
-
-def _words(hashes: np.ndarray) -> np.ndarray:
-    """uint8 [n, HASH_BYTES] hashes as uint64 words (popcounts 8 bytes at a time)."""
-    h = np.ascontiguousarray(np.asarray(hashes, np.uint8).reshape(-1, HASH_BYTES))
-    return h.view(np.uint64) if HASH_BYTES % 8 == 0 else h
-
-
-def _pair_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(np.asarray(a, np.uint8) ^ np.asarray(b, np.uint8)).sum(
-        axis=-1, dtype=np.int64)
-
-
 def near_duplicate_matches(x: np.ndarray, reference: np.ndarray, *, threshold: float,
                            hashes: np.ndarray | None = None,
                            reference_hashes: np.ndarray | None = None,
@@ -220,7 +198,7 @@ def near_duplicate_matches(x: np.ndarray, reference: np.ndarray, *, threshold: f
         of[ev.rows] = ev.neighbours[:, 0]
     use_hash = hashes is not None and reference_hashes is not None and hash_distance is not None
     if use_hash and len(x) and len(ref):
-        bits, at = hash_matches(hashes, reference_hashes)
+        bits, at = nearest_rows(hashes, reference_hashes)
         add = (of < 0) & (bits <= hash_distance)
         of[add] = at[add]
     found = of >= 0
@@ -228,7 +206,7 @@ def near_duplicate_matches(x: np.ndarray, reference: np.ndarray, *, threshold: f
     cosine[found] = np.einsum("ij,ij->i", x[found], ref[of[found]])
     pair = np.full(len(x), -1, np.int64)
     if use_hash:
-        pair[found] = _pair_bits(hashes[found], reference_hashes[of[found]])
+        pair[found] = hamming(hashes[found], reference_hashes[of[found]])
     return Matches(of, cosine, pair)
 
 
@@ -281,8 +259,7 @@ def audit(embeddings: np.ndarray, labels: np.ndarray, databases: np.ndarray, *,
         cut = ood_cut(kth, config.outlier_quantile)
     outlier = kth < cut
     # near duplicates in another database
-    dup = Matches(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32),
-                  np.full(n, -1, np.int64))
+    dup = Matches.none(n)
     for name in np.unique(databases):
         inside = np.flatnonzero(databases == name)
         other = np.flatnonzero(databases != name)
@@ -299,8 +276,7 @@ def audit(embeddings: np.ndarray, labels: np.ndarray, databases: np.ndarray, *,
         tdup = near_duplicate_matches(emb, test, hashes=hashes, reference_hashes=test_hashes,
                                       **knobs)
     else:
-        tdup = Matches(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32),
-                       np.full(n, -1, np.int64))
+        tdup = Matches.none(n)
     counts = {"faces": n, "expression_labels": len(rows), "scored": len(scored),
               "label_issues": int(issue.sum()), "outliers": int(outlier.sum()),
               "duplicates": int(dup.found.sum()), "test_duplicates": int(tdup.found.sum())}

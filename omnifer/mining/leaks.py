@@ -58,13 +58,31 @@ def image_hashes(images: Iterable[np.ndarray], *, mirrored: bool = False) -> np.
 def nearest(hashes: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """int64 [n]: for each hash, the fewest bits in which it differs from a ``reference`` hash
     (one more than the hash's bits when ``reference`` is empty)."""
-    hashes = np.asarray(hashes, dtype=np.uint8)
-    reference = np.asarray(reference, dtype=np.uint8)
-    out = np.full(len(hashes), HASH_BYTES * 8 + 1, dtype=np.int64)
+    return nearest_rows(hashes, reference)[0]
+
+
+def nearest_rows(hashes: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [n] bits to the nearest ``reference`` hash (as ``nearest``) and int64 [n] its row
+    (ties: the lower row; -1 when ``reference`` is empty)."""
+    hashes = np.asarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
+    reference = np.asarray(reference, dtype=np.uint8).reshape(-1, HASH_BYTES)
+    bits = np.full(len(hashes), HASH_BYTES * 8 + 1, dtype=np.int64)
+    rows = np.full(len(hashes), -1, dtype=np.int64)
     if not len(reference):
-        return out
+        return bits, rows
     for start in range(0, len(hashes), _BLOCK):
-        diff = hashes[start:start + _BLOCK, None, :] ^ reference[None, :, :]
-        bits = np.bitwise_count(diff) if hasattr(np, "bitwise_count") else _POPCOUNT[diff]
-        out[start:start + _BLOCK] = bits.sum(axis=2, dtype=np.int32).min(axis=1)
-    return out
+        d = hamming(hashes[start:start + _BLOCK, None, :], reference[None, :, :])
+        rows[start:start + _BLOCK] = d.argmin(axis=1)
+        bits[start:start + _BLOCK] = d.min(axis=1)
+    return bits, rows
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int64: the bits in which the hashes ``a`` and ``b`` differ (broadcast over leading
+    axes, the last axis holding the HASH_BYTES bytes)."""
+    diff = np.asarray(a, np.uint8) ^ np.asarray(b, np.uint8)
+    if not hasattr(np, "bitwise_count"):  # numpy < 2
+        return _POPCOUNT[diff].sum(axis=-1, dtype=np.int64)
+    if diff.shape[-1] % 8 == 0:  # popcount 8 bytes at a time
+        diff = np.ascontiguousarray(diff).view(np.uint64)
+    return np.bitwise_count(diff).sum(axis=-1, dtype=np.int64)
