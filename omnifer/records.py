@@ -258,6 +258,10 @@ class DistillRun(RunRecord):
     iterations: int | None = None
     width: int | None = None
     normalisation: dict[str, Any] | None = None
+    model: str | None = None  #: the model that scored the images, as recorded
+    agreement: float | None = None  #: share of the images that model gives their label
+    #: per class filled with augmented views: {"images": n, "views_added": k}
+    filled: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
 
 

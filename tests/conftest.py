@@ -49,6 +49,32 @@ def omnifer_steps():
 
 
 @pytest.fixture(scope="module")
+def mined_ws(tiny_synth, tmp_path_factory, omnifer_steps):
+    """A workspace (one per test module) with a model (convnet, 32 px, 1 epoch), an index of
+    the tiny pool and a mine run over it that keeps every pool face."""
+    pytest.importorskip("torch")
+    pytest.importorskip("faiss")
+    return omnifer_steps(
+        tmp_path_factory.mktemp("mined-ws"),
+        ["train", "--data", tiny_synth.labeled_toml, "--backbone", "convnet", "--size", "32",
+         "--epochs", "1", "--device", "cpu"],
+        ["index", tiny_synth.pool, "--workers", "0", "--device", "cpu"],
+        ["mine", "--labeled", tiny_synth.labeled_toml, "--threshold", "-1", "--k", "3",
+         "--score", "max", "--device", "cpu", "--no-calibrate", "--ood-quantile", "0"])
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, so that float results do not depend on the machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A small untrained convnet checkpoint (32 px) for embedding tests."""
     pytest.importorskip("torch")

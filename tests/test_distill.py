@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnifer.distill import (CORESETS, METHODS, DistillConfig, DistillEvaluateConfig,
+from omnifer.distill import (CORESETS, METHODS, DistillConfig,
                              build_convnet, distill, dsa, evaluate_sets, functional_forward,
                              herding, k_center, random_subset, select_coreset,
                              trajectory_gradient)
@@ -24,12 +24,12 @@ FAST = {  # tiny settings per method: a few seconds each on one core
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: the methods that learn pixels (rded selects real views: tests/test_distill_rded.py)
+LEARNING = sorted(name for name, spec in METHODS.items() if not getattr(spec, "needs_teacher",
+                                                                        False))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_dsa_is_siamese_and_differentiable():
 
 # ---------------------------------------------------------------- methods
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", LEARNING)
 def test_method_reduces_its_loss(data, method):
     result = run(data, method, iterations=16, init="noise", lr_images=0.05)
     h = np.asarray(result.history)
@@ -221,7 +221,7 @@ def test_trajectory_graph_memory_does_not_grow_with_steps():
 
 # ---------------------------------------------------------------- checkpoints
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", LEARNING)
 def test_resume_equals_uninterrupted(data, method, tmp_path):
     whole = run(data, method, iterations=5)
     path = tmp_path / "state.pt"
@@ -324,7 +324,7 @@ def test_errors_are_one_line_omnifer_errors(data):
     cases = [
         ({"images_per_class": 0}, "images_per_class is 0"),
         ({"images_per_class": 21}, "exceeds the 20 images of class 0"),
-        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, tm"),
+        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, rded, tm"),
         ({"options": {"bogus": 1}}, "unknown option 'bogus'"),
         ({"soft_labels": True}, "does not learn labels"),
         ({"init": "zeros"}, "unknown init 'zeros'"),
@@ -364,9 +364,11 @@ def test_a_non_finite_loss_stops_the_distillation_with_one_line(data, method, tm
 
 def test_distill_config_defaults_and_validation(tmp_path):
     c = DistillConfig()
-    assert (c.images_per_class, c.method, c.size, c.iterations, c.lr_images, c.soft_labels,
-            c.width, c.batch_real, c.with_labeled, c.seed, c.device) == (
-        10, "dm", 32, None, None, False, None, None, False, 0, "auto")
+    assert (c.images_per_class, c.method, c.size, c.factor, c.views, c.iterations, c.lr_images,
+            c.soft_labels, c.width, c.batch_real, c.with_labeled, c.seed, c.device) == (
+        10, "rded", None, 1, 5, None, None, False, None, None, False, 0, "auto")
+    assert c.distill_kwargs()["options"] == {"factor": 1, "views": 5}
+    assert "options" not in c.replace(method="dm").distill_kwargs()
     assert DistillConfig.section == "distill" and c.replace(width=None) == c
     path = tmp_path / "omnifer.toml"
     path.write_text('[distill]\nmethod = "gm"\nimages_per_class = 2\nlr_images = 0.5\n')
@@ -375,16 +377,20 @@ def test_distill_config_defaults_and_validation(tmp_path):
     cases = [
         ({"images_per_class": 0}, "images_per_class is 0; use an integer of at least 1"),
         ({"images_per_class": "ten"}, "images_per_class is 'ten'"),
-        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, tm"),
+        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, rded, tm"),
         ({"size": 1}, "size is 1; use an integer of at least 2"),
-        ({"iterations": 0}, "iterations is 0"),
-        ({"lr_images": 0.0}, "lr_images is 0.0; use a finite number above 0"),
-        ({"lr_images": float("inf")}, "lr_images is inf"),
-        ({"lr_images": float("nan")}, "lr_images is nan"),
+        ({"iterations": 0, "method": "dm"}, "iterations is 0"),
+        ({"lr_images": 0.0, "method": "dm"}, "lr_images is 0.0; use a finite number above 0"),
+        ({"lr_images": float("inf"), "method": "dm"}, "lr_images is inf"),
+        ({"lr_images": float("nan"), "method": "dm"}, "lr_images is nan"),
         ({"width": 0}, "width is 0"),
         ({"batch_real": -1}, "batch_real is -1"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
-        ({"soft_labels": True}, "method 'dm' does not learn labels"),
+        ({"soft_labels": True, "method": "dm"}, "method 'dm' does not learn labels"),
+        ({"factor": 0}, "factor is 0"),
+        ({"views": 0}, "views is 0"),
+        ({"iterations": 5}, "rded selects real views and learns no pixels"),
+        ({"lr_images": 0.01}, "rded selects real views"),
     ]
     for kwargs, message in cases:
         with pytest.raises(OmniferError, match=message) as err:
@@ -395,19 +401,20 @@ def test_distill_config_defaults_and_validation(tmp_path):
 
 
 def test_distill_config_resolved_fills_device_defaults():
-    assert DistillConfig().resolved(gpu=False) == DistillConfig(width=32, batch_real=64,
-                                                                iterations=500)
-    assert DistillConfig().resolved(gpu=True) == DistillConfig(width=128, batch_real=128)
+    dm = DistillConfig(method="dm")
+    assert dm.resolved(gpu=False) == dm.replace(width=32, batch_real=64, iterations=500)
+    assert dm.resolved(gpu=True) == dm.replace(width=128, batch_real=128)
+    assert DistillConfig().resolved(gpu=False).iterations is None  # rded has none
     for method in ("gm", "tm"):  # only dm shortens its run on CPU
         assert DistillConfig(method=method).resolved(gpu=False).iterations is None
-    given = DistillConfig(width=8, batch_real=4, iterations=7)
+    given = DistillConfig(method="dm", width=8, batch_real=4, iterations=7)
     assert given.resolved(gpu=False) == given == given.resolved(gpu=True)
 
 
 def test_distill_takes_the_config_values(data):
     x, y = data
-    config = DistillConfig(images_per_class=2, iterations=2, width=16, batch_real=8,
-                           device="cpu")
+    config = DistillConfig(method="dm", images_per_class=2, iterations=2, width=16,
+                           batch_real=8, device="cpu")
     kwargs = config.distill_kwargs()
     assert "size" not in kwargs and "with_labeled" not in kwargs and "lr_images" not in kwargs
     a = distill(x, y, n_classes=K, **kwargs)
@@ -415,15 +422,3 @@ def test_distill_takes_the_config_values(data):
                 options={"batch_real": 8})
     np.testing.assert_array_equal(a.images, b.images)
     assert a.history == b.history
-
-
-def test_distill_evaluate_config():
-    c = DistillEvaluateConfig()
-    assert (c.baselines, c.seeds, c.epochs, c.full_epochs, c.device) == (
-        False, 5, 300, None, "auto")
-    assert DistillEvaluateConfig.section == "distill_evaluate"
-    for kwargs, message in (({"seeds": 0}, "seeds is 0"), ({"epochs": 0}, "epochs is 0"),
-                            ({"full_epochs": 0}, "full_epochs is 0"),
-                            ({"device": "gpu"}, "unknown device 'gpu'")):
-        with pytest.raises(OmniferError, match=message):
-            DistillEvaluateConfig(**kwargs)

@@ -28,7 +28,7 @@ def ws(tmp_path_factory):
 
     built = build_workspace(tmp_path_factory.mktemp("hub") / "ws")
     built["distill"] = pipeline.distill(built["root"], DistillConfig(
-        images_per_class=1, size=32, iterations=2, device="cpu"))
+        images_per_class=1, device="cpu"))
     return built
 
 
@@ -99,7 +99,9 @@ def test_synth_and_distill_runs_publish_with_their_splits(ws, tmp_path):
     assert {k: len(v) for k, v in ds.items()} == s.counts
     d = pipeline.publish(ws["root"], run=ws["distill"].ref, dry_run=True)
     assert d.folder == d.path / "hub" and d.counts == {"train": ws["distill"].counts["distilled"]}
-    assert "Distillation: method dm" in DatasetCard.load(d.folder / "README.md").text
+    card = DatasetCard.load(d.folder / "README.md").text
+    assert "Distillation: method rded, from" in card
+    assert f"primitive model agreement {ws['distill'].agreement:.3f}" in card
 
 
 def test_upload_goes_through_the_api_and_the_token_is_never_written(ws, monkeypatch, tmp_path):

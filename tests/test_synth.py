@@ -177,7 +177,7 @@ def test_distractor_rates_roughly_as_configured():
 
 
 def test_bad_preset_and_overrides_raise(tmp_path):
-    with pytest.raises(OmniferError, match="tiny, small, demo, large"):
+    with pytest.raises(OmniferError, match="tiny, small, demo, scale, large"):
         generate(tmp_path / "x", preset="huge")
     with pytest.raises(OmniferError, match="unknown synth config field.*n_pool"):
         generate(tmp_path / "x", preset="tiny", n_pools=3)
@@ -187,7 +187,7 @@ def test_bad_preset_and_overrides_raise(tmp_path):
         resolve_config("tiny", n_pool="many")
     with pytest.raises(OmniferError, match="add up"):
         resolve_config("tiny", pool_nonface_rate=0.6, pool_blend_rate=0.6)
-    assert set(PRESETS) == {"tiny", "small", "demo", "large"}
+    assert set(PRESETS) == {"tiny", "small", "demo", "scale", "large"}
     assert resolve_config("tiny", n_pool="7").n_pool == 7
 
 

@@ -13,7 +13,7 @@ from omnifer.synth.options import SynthOptions as D
 @click.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
 @config_option
-@click.option("--preset", default=None, help=f"Size preset: tiny, small, demo or large [{D.preset}].")
+@click.option("--preset", default=None, help=f"Size preset: tiny, small, demo, scale or large [{D.preset}].")
 @click.option("--seed", default=None, type=int,
               help=f"Same seed, byte-identical output [{D.seed}].")
 @click.option("--size", default=None, type=click.IntRange(16, 512),

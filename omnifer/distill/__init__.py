@@ -20,7 +20,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DistillConfig": "config", "DistillEvaluateConfig": "config",
+    "DistillConfig": "config", "DistillEvaluateConfig": "evaluate_config",
     "DEFAULT_STRATEGY": "strategy", "NO_FLIP_STRATEGY": "strategy", "dsa": "augment",
     "ConvNet": "networks", "build_convnet": "networks", "functional_forward": "networks",
     "Distilled": "methods", "METHODS": "methods", "distill": "methods",

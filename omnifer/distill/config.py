@@ -1,7 +1,7 @@
-"""``DistillConfig`` and ``DistillEvaluateConfig``: the knobs of ``omnifer distill`` and
-``omnifer distill evaluate``, their defaults (written only here) and their validation.
+"""``DistillConfig``: the knobs of ``omnifer distill``, their defaults (written only here) and
+their validation.
 
-Both validate without torch; the device-dependent defaults of a distillation (network width,
+It validates without torch; the device-dependent defaults of a distillation (network width,
 real batch, dm iterations) are filled by :meth:`DistillConfig.resolved` once the device is known.
 """
 
@@ -18,6 +18,8 @@ from omnifer.errors import OmniferError
 
 #: Smallest image side the distillation ConvNets take: their first block halves the image.
 MIN_SIZE = 2
+#: Image side when no trained model gives one.
+SIZE_WITHOUT_MODEL = 32
 
 
 def _check_int(name: str, value: Any, minimum: int, *, unit: str = "") -> None:
@@ -35,8 +37,12 @@ class DistillConfig(StageConfig):
     section: ClassVar[str] = "distill"
 
     images_per_class: int = 10
-    method: str = "dm"  #: a name of :data:`~omnifer.distill.methods.METHODS`
-    size: int = 32  #: image side in pixels
+    method: str = "rded"  #: a name of :data:`~omnifer.distill.methods.METHODS`
+    #: image side in pixels; None: the primitive model's input size (:data:`SIZE_WITHOUT_MODEL`
+    #: without a model)
+    size: int | None = None
+    factor: int = 1  #: rded: real views per side of a distilled image (2: 2x2 stitched)
+    views: int = 5  #: rded: random views scored per real image, the image itself included
     iterations: int | None = None  #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500)
     lr_images: float | None = None  #: None: the method's
     soft_labels: bool = False  #: learn soft labels too (gm, tm)
@@ -50,10 +56,14 @@ class DistillConfig(StageConfig):
         _check_int("images_per_class", self.images_per_class, 1)
         METHODS.check(self.method)
         check_soft_labels(self.method, self.soft_labels)
-        _check_int("size", self.size, MIN_SIZE, unit=" px")
-        for name in ("iterations", "width", "batch_real"):
+        if self.size is not None:
+            _check_int("size", self.size, MIN_SIZE, unit=" px")
+        for name in ("iterations", "width", "batch_real", "factor", "views"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
+        if self.method == "rded" and (self.iterations or self.lr_images):
+            raise OmniferError("rded selects real views and learns no pixels; drop --iterations "
+                               "and --lr-images, or pick a learning method (--method dm)")
         lr = self.lr_images
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
                                or not math.isfinite(lr) or lr <= 0):
@@ -73,27 +83,11 @@ class DistillConfig(StageConfig):
 
     def distill_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`omnifer.distill.distill` this config sets (``size``
-        and ``with_labeled`` describe the data, not the distillation; unset knobs are left to
-        ``distill``'s defaults)."""
-        return {k: v for k, v in self.to_dict().items()
-                if k not in ("size", "with_labeled") and v is not None}
-
-
-@dataclass(frozen=True)
-class DistillEvaluateConfig(StageConfig):
-    """How ``omnifer distill evaluate`` trains fresh networks on a distilled set and baselines."""
-
-    section: ClassVar[str] = "distill_evaluate"
-
-    baselines: bool = False  #: also random, herding and k-center subsets, and the full data
-    seeds: int = 5  #: networks per set
-    epochs: int = 300  #: training epochs of every arm
-    full_epochs: int | None = None  #: epochs of the full-data arm; None: ``epochs``
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        _check_int("seeds", self.seeds, 1)
-        _check_int("epochs", self.epochs, 1)
-        if self.full_epochs is not None:
-            _check_int("full_epochs", self.full_epochs, 1)
-        parse_device(self.device)
+        and ``with_labeled`` describe the data, not the distillation; ``factor`` and ``views``
+        are rded's options; unset knobs are left to ``distill``'s defaults)."""
+        rded = ("factor", "views")
+        out = {k: v for k, v in self.to_dict().items()
+               if k not in ("size", "with_labeled", *rded) and v is not None}
+        if self.method == "rded":
+            out["options"] = {k: getattr(self, k) for k in rded}
+        return out

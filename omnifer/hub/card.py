@@ -173,11 +173,11 @@ def made(facts: CardFacts) -> list[str]:
                    " of them would have been mined and were left out.")
     d = facts.distillation
     if d:
-        out.append(f"- Distillation: method {d.get('method')}, {d.get('iterations')} "
-                   f"iterations, from `{d.get('source')}`"
+        steps = f", {d['iterations']} iterations" if d.get("iterations") else ""
+        out.append(f"- Distillation: method {d.get('method')}{steps}, from `{d.get('source')}`"
                    + (f"; primitive model agreement {d['agreement']:.3f}"
                       if d.get("agreement") is not None else
-                      "; model agreement not measured (run `omnifer distill evaluate`)") + ".")
+                      "; model agreement not measured (no model was given)") + ".")
     if facts.stage == "synth":
         out.append("- Rendered by omnifer's procedural face generator: no real person is shown.")
     return out or ["- See the run record above."]

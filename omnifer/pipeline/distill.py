@@ -11,25 +11,44 @@ from omnifer.errors import OmniferError
 from omnifer.pipeline import resolve
 from omnifer.pipeline.embeddings import image_cache
 from omnifer.pipeline.progress import Progress, bar
+from omnifer.pipeline.teacher import agreement, model_input_size, primitive_model, teacher
 from omnifer.records import DistillRun
 
 log = logging.getLogger(__name__)
 
 
 def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
-            labeled: Any = None, resume: bool = True,
+            labeled: Any = None, model: Any = None, resume: bool = True,
             progress: Progress | None = None) -> DistillRun:
     """Distil ``source`` (default: the latest mine run's dataset; with
-    ``config.with_labeled``, plus ``labeled``, default the latest synth run's labeled set)."""
+    ``config.with_labeled``, plus ``labeled``, default the latest synth run's labeled set).
+
+    ``model`` (default: the model that mined ``source``, else the latest train run) scores and
+    labels the images of ``rded``, sets the default image size (its input size) and reports
+    the share of distilled images it gives their label (``agreement``). A class with fewer
+    images than requested is filled with augmented views of its images, and the run says so.
+    """
+    from omnifer.data import LabeledSet
     from omnifer.device import is_gpu
     from omnifer.distill import DistillConfig, train_experts
     from omnifer.distill import distill as distill_images
+    from omnifer.distill.config import SIZE_WITHOUT_MODEL
+    from omnifer.distill.fill import fill_short_classes
+    from omnifer.distill.methods.rded import RDEDOptions, check_options
     from omnifer.distill.output import write_distilled
 
     ws = resolve.workspace(workspace)
-    config = (config or DistillConfig()).resolved(is_gpu(config.device if config else "auto"))
+    config = config or DistillConfig()
     data, source_path, labeled_path = source_data(ws, source, config.with_labeled, labeled,
                                                   progress=progress)
+    model_path = primitive_model(ws, model, source)
+    size = config.size or (model_input_size(model_path) if model_path else SIZE_WITHOUT_MODEL)
+    config = config.replace(size=size).resolved(is_gpu(config.device))
+    if config.method == "rded":
+        check_options(RDEDOptions(**config.distill_kwargs()["options"]), size)
+        if model_path is None:
+            raise OmniferError("rded needs a trained model to score the images; train one "
+                               "first (omnifer train) or pass --model, or use --method dm")
     classes = data.expressions
     counts = np.bincount(data.table["expression"].to_numpy(np.int64), minlength=len(classes))
     present = np.flatnonzero(counts)  # a class the source lacks is left out, not invented
@@ -37,21 +56,34 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
         log.warning("%s has no image of %s; distilling the other classes (add --with-labeled to "
                     "cover them)", source_path,
                     ", ".join(classes[c] for c in np.flatnonzero(counts == 0)))
-    c = int(present[counts[present].argmin()])
-    if config.images_per_class > counts[c]:
+    largest = int(counts.argmax())
+    if config.images_per_class > counts[largest]:
         raise OmniferError(
-            f"--images-per-class {config.images_per_class} is more than class {classes[c]!r} has "
-            f"({counts[c]} images in {source_path}); use at most {counts[c]}, add the labeled set "
-            "(--with-labeled) or mine more faces (omnifer mine with a lower --threshold)")
+            f"--images-per-class {config.images_per_class} is more than the largest class, "
+            f"{classes[largest]!r}, has ({counts[largest]} images in {source_path}); use at most "
+            f"{counts[largest]}, add the labeled set (--with-labeled) or mine more faces")
+    judge = None  # checked here: a model without the source's classes is a one-line error
+    if model_path is not None:
+        judge = teacher(model_path, [classes[c] for c in present], config.device)
     run_config = {"distill": config.to_dict(), "source": ws.portable(source_path),
-                  "labeled": ws.portable(labeled_path) if labeled_path else None}
+                  "labeled": ws.portable(labeled_path) if labeled_path else None,
+                  "model": ws.portable(model_path) if model_path else None}
     inputs = {"source": source_path, "rows": resolve.rows_input(data),
-              **({"labeled": labeled_path} if labeled_path else {})}
+              **({"labeled": labeled_path} if labeled_path else {}),
+              **({"model": model_path} if model_path else {})}
     with ws.start_run("distill", config=run_config, inputs=inputs,
                       seed=config.seed, device=config.device, resume=resume) as run:
         with bar(progress, "decoding", "img") as update:
             x, y = as_arrays(ws, data, config.size, update)
         y = np.searchsorted(present, y)  # classes of the source, renumbered
+        x, y, added = fill_short_classes(x, y, config.images_per_class, seed=config.seed)
+        filled = {classes[present[c]]: {"images": int(counts[present[c]]), "views_added": n}
+                  for c, n in added.items()}
+        hint = "" if config.with_labeled else " (--with-labeled adds its labeled faces)"
+        for name, f in filled.items():
+            log.warning("class %s has %d image(s), fewer than --images-per-class %d: filled "
+                        "with %d augmented view(s) of them%s", name, f["images"],
+                        config.images_per_class, f["views_added"], hint)
         experts = None
         if config.method == "tm":
             with bar(progress, "expert trajectories", "expert") as update:
@@ -59,19 +91,27 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
                                         width=config.width, cache_dir=ws.cache_dir / "experts",
                                         device=config.device,
                                         progress=lambda d, t, *_: update(d, t))
-        with bar(progress, f"distilling ({config.method})", "it") as update:
+        unit = "class" if config.method == "rded" else "it"
+        with bar(progress, f"distilling ({config.method})", unit) as update:
             result = distill_images(x, y, n_classes=len(present), **config.distill_kwargs(),
                                     checkpoint=run.path / "checkpoint.pt", experts=experts,
-                                    progress=lambda d, t, info: update(d, t))
+                                    teacher=judge, progress=lambda d, t, info: update(d, t))
         dataset, grid = write_distilled(result, run.path, classes=classes, present=present,
                                         aus=data.aus, root=ws.root)
+        agree = None
+        if model_path is not None:
+            agree = agreement(ws, model_path, LabeledSet.load(dataset), config.device)
         run.complete(outputs={"dataset": dataset, "grid": grid},
                      counts={"source": len(data), "distilled": len(result.labels)},
                      distill_seconds=result.seconds, method=config.method,
-                     iterations=result.iterations, final_loss=result.history[-1],
+                     iterations=result.iterations,
+                     final_loss=result.history[-1] if result.history else None,
                      width=config.width, normalisation={"mean": result.mean, "std": result.std},
                      source=ws.portable(source_path),
-                     labeled=ws.portable(labeled_path) if labeled_path else None)
+                     labeled=ws.portable(labeled_path) if labeled_path else None,
+                     model=ws.portable(model_path) if model_path else None,
+                     agreement=None if agree is None else float(agree.mean()),
+                     filled=filled)
     return DistillRun.from_run(run)
 
 

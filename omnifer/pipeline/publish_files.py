@@ -88,8 +88,9 @@ def describe(facts: Any, record: Any, splits: dict[str, Any], pool: str | None) 
         facts.sources = [pool] if pool else facts.sources
     elif record.stage == "distill":
         results = (record.evaluation or {}).get("results", {})
-        agreement = next((r.get("model_agreement") for name, r in results.items()
-                          if name.startswith("distilled")), None)
+        agreement = record.agreement if record.agreement is not None else next(
+            (r.get("model_agreement") for name, r in results.items()
+             if name.startswith("distilled")), None)
         facts.distillation = {"method": record.method, "iterations": record.iterations,
                               "source": record.source, "agreement": agreement}
 

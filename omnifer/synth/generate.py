@@ -121,7 +121,7 @@ def generate(
 ) -> SynthResult:
     """Render the synthetic FER benchmark into ``out_dir``.
 
-    ``preset`` is one of tiny, small, demo, large; ``overrides`` replace fields of its
+    ``preset`` is one of tiny, small, demo, scale, large; ``overrides`` replace fields of its
     :class:`SynthConfig`. ``workers`` (default: up to 2 processes for big runs) does not change
     the output. ``on_progress(done, total)`` is called as images are written.
     ``label_noise`` flips that share of the expression labels of the labeled databases and

@@ -16,7 +16,7 @@ class SynthOptions(StageConfig):
 
     section: ClassVar[str] = "synth"
 
-    preset: str = "demo"  #: tiny, small, demo or large
+    preset: str = "demo"  #: tiny, small, demo, scale or large
     seed: int = 0
     size: int | None = None  #: face size in pixels; None: the preset's
     domain_shift: bool = False  #: pool with shifted identities and lighting

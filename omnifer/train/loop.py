@@ -133,14 +133,22 @@ def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, 
 
 def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
           cache_dir: str | Path, teachers: Sequence[MultitaskModel] = (),
+          soft_targets: dict[str, torch.Tensor] | None = None,
           progress: Progress | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there."""
+    """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there.
+
+    ``soft_targets``: precomputed per-row targets in the form of :func:`teacher_soft_targets`
+    (e.g. ``{"expression": probs [N, C]}`` at ``config.temperature``), used instead of
+    ``teachers`` in the distillation terms of the loss."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     if len(labeled) < 2:
         raise OmniferError(f"the training data has {len(labeled)} sample(s); it needs at least 2")
+    if teachers and soft_targets is not None:
+        raise OmniferError("train() got both teachers and soft_targets; pass one source of soft "
+                           "labels")
     mcfg = model_config_for(labeled, config, teachers[0].config if teachers else None)
 
     train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed)
@@ -151,7 +159,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     images = decoded_images(labeled, mcfg.input_size, cache_dir)
     maker = BatchMaker(images, mean=mcfg.mean, std=mcfg.std, device=device)
 
-    targets = None
+    targets = None if soft_targets is None else _check_targets(soft_targets, len(labeled), mcfg)
     if teachers:
         path = out_dir / "teacher_targets.pt"
         if path.is_file():
@@ -205,6 +213,21 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
                                              for t, m in labeled.masks().items()}}
     return TrainResult(out_dir, members, mcfg, validation, histories, counts, balance,
                        time.perf_counter() - t_start)
+
+
+def _check_targets(targets: dict[str, torch.Tensor], n: int, mcfg: ModelConfig
+                   ) -> dict[str, torch.Tensor]:
+    """Precomputed soft targets as float tensors, one row per sample; else one line."""
+    shapes = {"expression": (n, len(mcfg.expressions))}
+    out = {}
+    for key, value in targets.items():
+        t = torch.as_tensor(value).float().cpu()
+        want = shapes.get(key, (n, *t.shape[1:]))
+        if tuple(t.shape) != want:
+            raise OmniferError(f"soft_targets[{key!r}] has shape {tuple(t.shape)}; expected "
+                               f"{want} (one row per sample, one column per class)")
+        out[key] = t
+    return out
 
 
 def _lr_lambda(config: TrainConfig, steps: int) -> Callable[[int], float]:

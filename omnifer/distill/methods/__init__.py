@@ -5,8 +5,10 @@ Methods (registry :data:`METHODS`, entry point :func:`distill`), one module each
 ``dm``  distribution matching (:mod:`~omnifer.distill.methods.dm`)
 ``gm``  gradient matching (:mod:`~omnifer.distill.methods.gm`)
 ``tm``  trajectory matching from expert trajectories (:mod:`~omnifer.distill.methods.tm`)
+``rded`` real views a trained model selects and labels (:mod:`~omnifer.distill.methods.rded`)
 
-Synthetic images are learned with Adam in pixel units and kept in ``[0, 1]`` after each update.
+dm, gm and tm learn synthetic images with Adam in pixel units and keep them in ``[0, 1]``
+after each update; rded selects real views and learns nothing.
 All randomness comes from one ``torch.Generator`` seeded with ``seed``; its state is part of
 the checkpoint, so a resumed run ends with the same result as an uninterrupted one. Importing
 this package does not import torch.
@@ -26,6 +28,7 @@ from omnifer.distill.methods.base import (METHODS, Distilled, Progress, check_so
                                           method_options)
 from omnifer.distill.methods.dm import DistributionMatching, DMOptions
 from omnifer.distill.methods.gm import GMOptions, GradientMatching, gradient_distance
+from omnifer.distill.methods.rded import RDED, RDEDOptions, Teacher
 from omnifer.distill.methods.tm import (TMOptions, TrajectoryMatching, train_experts,
                                         trajectory_gradient)
 from omnifer.distill.strategy import DEFAULT_STRATEGY, parse_strategy
@@ -36,8 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DMOptions", "Distilled", "DistributionMatching", "GMOptions", "GradientMatching", "METHODS",
-    "Progress", "TMOptions", "TrajectoryMatching", "check_soft_labels", "distill", "get_method",
-    "gradient_distance", "train_experts", "trajectory_gradient",
+    "Progress", "RDED", "RDEDOptions", "TMOptions", "TrajectoryMatching", "check_soft_labels",
+    "distill", "get_method", "gradient_distance", "train_experts", "trajectory_gradient",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,11 +59,12 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
             options: dict[str, Any] | None = None, seed: int = 0, device: str = "auto",
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
             progress: Progress | None = None,
-            experts: list[torch.Tensor] | None = None) -> Distilled:
+            experts: list[torch.Tensor] | None = None,
+            teacher: Teacher | None = None) -> Distilled:
     """Distil ``images`` ``[N, C, H, W]`` in [0, 1] with ``labels`` ``[N]`` into
     ``images_per_class`` synthetic images per class.
 
-    ``iterations`` and ``lr_images`` default to the method's own (dm 1000 / 0.05, gm 200 / 0.01,
+    ``iterations`` and ``lr_images`` default to the method's own (dm 1000 / 0.002, gm 200 / 0.01,
     tm 500 / 0.01); ``options`` holds method-specific knobs (:class:`DMOptions`,
     :class:`GMOptions`, :class:`TMOptions`). ``batch_real`` sets the real images per class per
     step of the methods that have that option (dm, gm; others ignore it). ``soft_labels`` learns
@@ -88,10 +92,19 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
     opts = method_options(spec, options)
     if batch_real is not None and hasattr(opts, "batch_real"):
         opts = dataclasses.replace(opts, batch_real=int(batch_real))
-    x, y = check_data(images, labels, n_classes, images_per_class)
+    needs_teacher = getattr(spec, "needs_teacher", False)  # its classes need 1 image or more
+    x, y = check_data(images, labels, n_classes, 1 if needs_teacher else images_per_class)
     if init not in ("real", "noise"):
         raise OmniferError(f"unknown init {init!r}; choose 'real' or 'noise'")
     check_soft_labels(method, soft_labels)
+    if needs_teacher:
+        if teacher is None:
+            raise OmniferError(f"method {method!r} needs a trained model to score images; train "
+                               "one first (omnifer train) or pass it (--model)")
+        mean, std = channel_stats(x)
+        return spec.run(x, y, n_classes=n_classes, ipc=int(images_per_class), opts=opts,
+                        teacher=teacher, seed=int(seed), checkpoint=checkpoint,
+                        progress=progress, mean=mean, std=std)
     iterations = spec.iterations if iterations is None else int(iterations)
     lr_images = spec.lr_images if lr_images is None else float(lr_images)
     strategy = parse_strategy(augment)

@@ -1,0 +1,166 @@
+"""Does a distilled set keep the mined set's gain at a fraction of its training cost?
+
+On a workspace whose mined set is several times the labeled expression count (the ``scale``
+synth preset), students of the primitive model (the model that mined the set) learn with one
+recipe on the labeled data plus each arm:
+
+    labeled       nothing more
+    mined         the whole mined set
+    rded-N        ``omnifer distill --images-per-class N`` (the default method)
+    dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
+    random-N      N random mined faces per class
+    herding-N     N mined faces per class picked by herding on the primitive model's embeddings
+
+The small arms get ``--share`` of the draws of an epoch on top of the labeled faces' draws
+(``--source-share``), as a user would train with them. Each student is evaluated on the test
+set; the table gives macro-F1, mean CCC and training seconds (mean +- std over seeds), draws
+per epoch, the share of the mined arm's macro-F1 gain each arm keeps and its extra training
+time as a share of the mined arm's. Results go to ``--out`` after every model; a rerun
+continues.
+
+    omnifer -w scale synth scale/data --preset scale
+    omnifer -w scale train --backbone convnet --size 64 --epochs 30 --lr 2e-3
+    omnifer -w scale index scale/data/pool && omnifer -w scale mine --threshold 0.9
+    python bench/distill_scale.py --workspace scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from omnifer import pipeline
+from omnifer.pipeline import resolve
+from omnifer.artifacts import atomic_write_json
+from omnifer.data import LabeledSet
+from omnifer.distill import DistillConfig, select_coreset
+from omnifer.pipeline.embeddings import labeled_embeddings
+from omnifer.train import TrainConfig
+from omnifer.workspace import Workspace
+
+
+def subset(mined: LabeledSet, emb: np.ndarray, rule: str, ipc: int, name: str,
+           out: Path) -> Path:
+    """``ipc`` mined faces per class (all of a smaller class) chosen by ``rule``, saved as a
+    source called ``name``."""
+    y = mined.table["expression"].to_numpy(np.int64)
+    rows = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        pick = select_coreset(rule, emb[idx].astype(np.float32), np.zeros(len(idx), np.int64),
+                              min(ipc, len(idx)), seed=0)
+        rows.append(idx[pick])
+    part = mined.subset(np.sort(np.concatenate(rows)))
+    table = part.table.assign(source=name)
+    LabeledSet(table=table, expressions=part.expressions, aus=part.aus,
+               sources=(name,)).save(out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workspace", default="scale")
+    ap.add_argument("--mine", default=None, help="mine run [the latest]")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    ap.add_argument("--dm-ipc", type=int, nargs="*", default=[10],
+                    help="images per class of the dm arms (none: no dm arm)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--share", type=float, default=0.2,
+                    help="share of an epoch's draws given to a small arm")
+    ap.add_argument("--out", default=None, help="[WORKSPACE/distill_scale.json]")
+    args = ap.parse_args()
+    ws = Workspace(args.workspace)
+    out = Path(args.out or ws.root / "distill_scale.json")
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    mine = resolve.run(ws, args.mine, "mine")
+    model = ws.locate(mine.run.config["model"])
+    mined = LabeledSet.load(mine.dataset)
+    labeled_n = int(resolve.read_data(
+        ws, resolve.synth_output(ws, None, "labeled")).masks()["expression"].sum())
+    results["sizes"] = {"labeled_expression": labeled_n, "mined": len(mined)}
+
+    arms: dict[str, tuple[str | None, str | None]] = {"labeled": (None, None),
+                                                       "mined": (str(mine.dataset), None)}
+    folder = ws.root / "distill_scale"
+    folder.mkdir(exist_ok=True)
+    emb = labeled_embeddings(ws, mined, model, "auto", what="embedding mined faces")
+    todo = [("rded", ipc) for ipc in args.ipc] + [("dm", ipc) for ipc in args.dm_ipc]
+    for method, ipc in todo:
+        key = f"{method}-{ipc}"
+        if key not in results.get("distill", {}):
+            t0 = time.perf_counter()
+            rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method),
+                                   source=mine)
+            results.setdefault("distill", {})[key] = {
+                "run": rec.ref, "seconds": time.perf_counter() - t0,
+                "agreement": rec.agreement, "filled": rec.filled}
+            atomic_write_json(out, results)
+        run = ws.resolve(results["distill"][key]["run"], "distill")
+        arms[key] = (str(run.path / "distilled.parquet"), "distilled")
+    for ipc in args.ipc:
+        for rule in ("random", "herding"):
+            name = f"{rule}-{ipc}"
+            arms[name] = (str(subset(mined, emb, rule, ipc, rule,
+                                     folder / f"{name}.parquet")), rule)
+    atomic_write_json(out, results)
+
+    for seed in args.seeds:
+        for name, (extra, source) in arms.items():
+            key = f"{name}/{seed}"
+            if key in results:
+                continue
+            share = ((source, args.share),) if source else ()
+            config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
+                                 seed=seed, source_share=share)
+            run = pipeline.train(ws, config, extra=[extra] if extra else [], student=True,
+                                 teacher=model, resume=False)
+            ev = pipeline.evaluate(ws, model=run.ref)
+            m = json.loads((ev.path / "metrics.json").read_text())
+            results[key] = {"run": run.ref, "seconds": run.train_seconds,
+                            "draws": run.counts["draws_per_epoch"],
+                            "macro_f1": m["expression"]["macro_f1"],
+                            "ccc_mean": m["va"]["ccc_mean"]}
+            atomic_write_json(out, results)
+            print(key, results[key], flush=True)
+    report(results, list(arms), args.seeds)
+
+
+def report(results: dict, arms: list[str], seeds: list[int]) -> None:
+    """The Markdown table of the arms (mean +- std over the seeds there are)."""
+    def of(name: str, what: str) -> list[float]:
+        return [results[f"{name}/{s}"][what] for s in seeds if f"{name}/{s}" in results]
+
+    def mean_sd(v: list[float], fmt: str = ".4f") -> str:
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{statistics.mean(v):{fmt}} +- {sd:{fmt}}"
+
+    base_f1, mined_f1 = statistics.mean(of("labeled", "macro_f1")), None
+    base_t = statistics.mean(of("labeled", "seconds"))
+    if of("mined", "macro_f1"):
+        mined_f1 = statistics.mean(of("mined", "macro_f1"))
+        mined_t = statistics.mean(of("mined", "seconds"))
+    print(f"\nlabeled expression faces {results['sizes']['labeled_expression']}, "
+          f"mined {results['sizes']['mined']}")
+    print("| arm | macro-F1 | mean CCC | training s | draws per epoch | of the mined gain "
+          "| extra time, of the mined arm's | seeds |\n|---|---|---|---|---|---|---|---|")
+    for name in arms:
+        f1 = of(name, "macro_f1")
+        if not f1:
+            continue
+        gain = extra = "-"
+        if mined_f1 is not None and name not in ("labeled", "mined"):
+            gain = f"{(statistics.mean(f1) - base_f1) / (mined_f1 - base_f1):.0%}"
+            extra = f"{(statistics.mean(of(name, 'seconds')) - base_t) / (mined_t - base_t):.0%}"
+        print(f"| {name} | {mean_sd(f1)} | {mean_sd(of(name, 'ccc_mean'))} | "
+              f"{mean_sd(of(name, 'seconds'), '.0f')} | {of(name, 'draws')[0]:,} | {gain} | "
+              f"{extra} | {len(f1)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``rded``, realistic and diverse distillation (RDED): a trained model -- the primitive
+model -- picks the real views it finds most typical of each class and labels them.
+
+Per class, every real image gives ``views`` random resized crops (the image itself is one),
+the model scores each by the log-probability of the class, and each image keeps its best view.
+The ``images_per_class * factor**2`` best images' views are kept (an image gives a second view
+only when the class has fewer images than that, and more views are drawn when needed);
+``factor`` > 1 stitches ``factor x factor`` of them, shrunk, into one image. The model's
+probabilities on the final images are stored as soft labels. One scoring pass per image: the
+cost grows linearly with the source set, and a run resumes class by class from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from omnifer.distill.methods.base import METHODS, Distilled, Progress
+from omnifer.errors import OmniferError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+#: ``teacher(images)``: class probabilities ``[B, K]`` of ``[B, C, H, W]`` images in [0, 1]
+Teacher = Callable[["torch.Tensor"], "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class RDEDOptions:
+    factor: int = 1          # views per side of a distilled image (1: one real view per image)
+    views: int = 5           # views scored per real image, the image itself included
+    scale_min: float = 0.5   # the smallest share of an image's area a view keeps
+    batch_size: int = 128    # images scored at once
+
+
+@METHODS.register("rded")
+class RDED:
+    """Select and relabel the real views a trained model scores highest for their class."""
+
+    options = RDEDOptions
+    iterations, lr_images, learns_labels, needs_teacher = 0, None, False, True
+
+    @staticmethod
+    def run(x: torch.Tensor, y: torch.Tensor, *, n_classes: int, ipc: int, opts: RDEDOptions,
+            teacher: Teacher, seed: int, checkpoint: str | os.PathLike | None = None,
+            progress: Progress | None = None, mean: Any = (), std: Any = ()) -> Distilled:
+        import numpy as np
+        import torch
+
+        from omnifer.artifacts import atomic_path, fingerprint
+        from omnifer.distill.methods.checkpoint import data_fingerprint
+
+        check_options(opts, x.shape[-1])
+        t0 = time.perf_counter()
+        tag = fingerprint({"options": opts, "ipc": ipc, "seed": seed,
+                           "data": data_fingerprint(x, y)})
+        done: dict[int, torch.Tensor] = {}
+        if checkpoint is not None and os.path.exists(checkpoint):
+            state = torch.load(checkpoint, weights_only=True)
+            if state.get("fingerprint") == tag:
+                done = state["classes"]
+        for c in range(n_classes):
+            if c not in done:
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + c)  # resumable per class
+                done[c] = stitch(best_views(x[y == c], c, ipc * opts.factor ** 2, opts, teacher,
+                                            gen), opts.factor)
+                if checkpoint is not None:
+                    with atomic_path(checkpoint) as tmp:
+                        torch.save({"fingerprint": tag, "classes": done}, tmp)
+            if progress is not None:
+                progress(c + 1, n_classes, {"class": c})
+        images = torch.cat([done[c] for c in range(n_classes)])
+        soft = np.concatenate([teacher(images[i:i + opts.batch_size])
+                               for i in range(0, len(images), opts.batch_size)])
+        soft = soft / soft.sum(1, keepdims=True)
+        return Distilled(images=images.numpy().astype(np.float32),
+                         labels=np.repeat(np.arange(n_classes), ipc).astype(np.int64),
+                         soft_labels=soft.astype(np.float32), method="rded", iterations=0,
+                         seconds=time.perf_counter() - t0, history=(), mean=tuple(mean),
+                         std=tuple(std))
+
+
+def check_options(opts: RDEDOptions, size: int) -> None:
+    """One-line errors for options that cannot work on ``size`` px images."""
+    if opts.factor < 1 or size % opts.factor:
+        raise OmniferError(f"rded factor {opts.factor} does not divide the {size} px images; "
+                           "use a factor of at least 1 that divides --size (1 or 2)")
+    if opts.views < 1 or opts.batch_size < 1:
+        raise OmniferError(f"rded views {opts.views} and batch_size {opts.batch_size} must be "
+                           "at least 1")
+    if not 0.0 < opts.scale_min <= 1.0:
+        raise OmniferError(f"rded scale_min is {opts.scale_min}; use a share in (0, 1]")
+
+
+def best_views(x: torch.Tensor, c: int, n: int, opts: RDEDOptions, teacher: Teacher,
+               gen: torch.Generator) -> torch.Tensor:
+    """The ``n`` views of class ``c``'s images ``x`` the teacher scores highest, each image's
+    best view first; an image gives a second view only when ``x`` has fewer than ``n`` images."""
+    import numpy as np
+    import torch
+
+    from omnifer.distill.views import random_views
+
+    keep = math.ceil(n / len(x))  # views per image that can be needed
+    kept, scores = [], []
+    for i in range(0, len(x), opts.batch_size):
+        v = random_views(x[i:i + opts.batch_size], max(opts.views, keep),
+                         scale=(opts.scale_min, 1.0), gen=gen)
+        p = teacher(v.flatten(0, 1))[:, c].reshape(v.shape[:2])
+        s = torch.from_numpy(np.log(np.maximum(p, 1e-12)).astype(np.float64))
+        top = s.topk(keep, dim=1)
+        kept.append(v[torch.arange(len(v))[:, None], top.indices])
+        scores.append(top.values)
+    views, score = torch.cat(kept), torch.cat(scores)  # [N, keep, ...], [N, keep]
+    rank = torch.arange(keep).expand_as(score)  # best views of all images, then second best ...
+    order = np.lexsort((-score.flatten().numpy(), rank.flatten().numpy()))[:n]
+    return views.flatten(0, 1)[torch.from_numpy(order)]
+
+
+def stitch(views: torch.Tensor, factor: int) -> torch.Tensor:
+    """Consecutive groups of ``factor**2`` views shrunk and tiled into one image each."""
+    import torch.nn.functional as F
+
+    if factor == 1:
+        return views.contiguous()
+    n, ch, size, _ = views.shape
+    side = size // factor
+    small = F.interpolate(views, size=(side, side), mode="bilinear", antialias=True,
+                          align_corners=False).clamp_(0.0, 1.0)
+    tiles = small.view(n // factor ** 2, factor, factor, ch, side, side)
+    return tiles.permute(0, 3, 1, 4, 2, 5).reshape(n // factor ** 2, ch, size, size).contiguous()

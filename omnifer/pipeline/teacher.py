@@ -1,0 +1,95 @@
+"""The primitive model as the distillation's teacher: whether it recognises images as their
+label, and its probabilities for image arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnifer.pipeline.embeddings import image_cache
+
+
+def agreement(ws: Any, model_run: Path, data: Any, device: str) -> np.ndarray:
+    """Whether the primitive model classifies each image of ``data`` as its label: synthetic
+    images it does not recognise teach a FER network little."""
+    from omnifer.data.batches import BatchMaker
+    from omnifer.data.cache import decoded_images
+    from omnifer.device import resolve_device
+    from omnifer.models import load_models
+    from omnifer.models.inference import ensemble, predict
+
+    dev = resolve_device(device)
+    models = load_models(model_run, device=dev)
+    cfg = models[0].config
+    maker = BatchMaker(decoded_images(data, cfg.input_size, image_cache(ws)), mean=cfg.mean,
+                       std=cfg.std, device=dev)
+    rows = np.arange(len(data))
+    probs = ensemble(models, [predict(m, maker, rows) for m in models])["expression_probs"]
+    predicted = np.asarray(cfg.expressions)[probs.argmax(1)]
+    return predicted == np.asarray(data.expressions)[data.table["expression"].to_numpy(np.int64)]
+
+
+def primitive_model(ws: Any, model: Any, source: Any) -> Path | None:
+    """The model that judges distilled images: ``model`` (a train run or checkpoint folder),
+    else the one that mined ``source`` (a mine run; None: the latest), else the latest train
+    run, else None."""
+    from omnifer.errors import OmniferError
+    from omnifer.pipeline import resolve
+
+    if model is not None:
+        return resolve.train_run(ws, model)
+    try:
+        mined = resolve.run(ws, source, "mine")
+    except OmniferError:
+        mined = None
+    if mined is not None and mined.run.config.get("model"):
+        return ws.locate(mined.run.config["model"])
+    latest = ws.latest("train")
+    return latest.path if latest is not None else None
+
+
+def model_input_size(model_run: Path) -> int:
+    """The input side in pixels of the model(s) at ``model_run``."""
+    from omnifer.models import load_models
+
+    return int(load_models(model_run)[0].config.input_size)
+
+
+def teacher(model_run: Path, classes: Sequence[str], device: str) -> Callable[[Any], np.ndarray]:
+    """``teacher(images)``: the model's (ensemble's, temperature-scaled) probabilities of
+    ``classes`` for float images ``[B, 3, H, W]`` in [0, 1] (resized to its input size)."""
+    import torch
+    import torch.nn.functional as F
+
+    from omnifer.device import resolve_device
+    from omnifer.errors import OmniferError
+    from omnifer.models import load_models
+    from omnifer.models.inference import ensemble, predict
+
+    dev = resolve_device(device)
+    models = load_models(model_run, device=dev)
+    cfg = models[0].config
+    missing = [c for c in classes if c not in cfg.expressions]
+    if missing:
+        raise OmniferError(f"the model at {model_run} has no class {missing[0]!r}; pass a model "
+                           "trained on the same expression classes (--model)")
+    cols = [list(cfg.expressions).index(c) for c in classes]
+    mean = torch.tensor(cfg.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=dev).view(1, 3, 1, 1)
+
+    @torch.inference_mode()
+    def probs(images: Any) -> np.ndarray:
+        x = images.to(dev, torch.float32)
+        if x.shape[-1] != cfg.input_size:
+            x = F.interpolate(x, size=(cfg.input_size,) * 2, mode="bilinear", antialias=True,
+                              align_corners=False)
+        x = (x - mean) / std
+        rows = np.arange(len(x))
+        out = ensemble(models, [predict(m, lambda r: x[r], rows, batch_size=len(x) or 1)
+                                for m in models])
+        return out["expression_probs"][:, cols]
+
+    return probs
