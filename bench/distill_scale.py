@@ -21,7 +21,7 @@ continues.
     omnifer -w scale synth scale/data --preset scale
     omnifer -w scale train --backbone convnet --size 64 --epochs 30 --lr 2e-3
     omnifer -w scale index scale/data/pool && omnifer -w scale mine --threshold 0.9
-    python bench/distill_scale.py --workspace scale
+    python bench/distill_scale.py --workspace scale            # --dm-ipc with no value: no dm arm
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
     ap.add_argument("--out", default=None, help="[WORKSPACE/distill_scale.json]")
+    ap.add_argument("--report", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
     ws = Workspace(args.workspace)
     out = Path(args.out or ws.root / "distill_scale.json")
@@ -110,6 +111,9 @@ def main() -> None:
                                      folder / f"{name}.parquet")), rule)
     atomic_write_json(out, results)
 
+    if args.report:
+        report(results, list(arms), args.seeds)
+        return
     for seed in args.seeds:
         for name, (extra, source) in arms.items():
             key = f"{name}/{seed}"
@@ -142,25 +146,30 @@ def report(results: dict, arms: list[str], seeds: list[int]) -> None:
 
     base_f1, mined_f1 = statistics.mean(of("labeled", "macro_f1")), None
     base_t = statistics.mean(of("labeled", "seconds"))
+    base_d = of("labeled", "draws")[0]
     if of("mined", "macro_f1"):
         mined_f1 = statistics.mean(of("mined", "macro_f1"))
         mined_t = statistics.mean(of("mined", "seconds"))
+        mined_d = of("mined", "draws")[0]
     print(f"\nlabeled expression faces {results['sizes']['labeled_expression']}, "
           f"mined {results['sizes']['mined']}")
     print("| arm | macro-F1 | mean CCC | training s | draws per epoch | of the mined gain "
-          "| extra time, of the mined arm's | seeds |\n|---|---|---|---|---|---|---|---|")
+          "| extra time, of the mined arm's | extra draws, of the mined arm's | seeds |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name in arms:
         f1 = of(name, "macro_f1")
         if not f1:
             continue
-        gain = extra = "-"
+        gain = extra = draws = "-"
         if mined_f1 is not None and name not in ("labeled", "mined"):
             gain = f"{(statistics.mean(f1) - base_f1) / (mined_f1 - base_f1):.0%}"
             extra = f"{(statistics.mean(of(name, 'seconds')) - base_t) / (mined_t - base_t):.0%}"
+            draws = f"{(of(name, 'draws')[0] - base_d) / (mined_d - base_d):.0%}"
         print(f"| {name} | {mean_sd(f1)} | {mean_sd(of(name, 'ccc_mean'))} | "
               f"{mean_sd(of(name, 'seconds'), '.0f')} | {of(name, 'draws')[0]:,} | {gain} | "
-              f"{extra} | {len(f1)} |")
-
+              f"{extra} | {draws} | {len(f1)} |")
+    for key, d in results.get("distill", {}).items():
+        print(f"{key}: {d['run']}, {d['seconds']:.0f} s, model agreement {d['agreement']:.1%}")
 
 if __name__ == "__main__":
     main()

@@ -61,13 +61,13 @@ class DistillConfig(StageConfig):
         for name in ("iterations", "width", "batch_real", "factor", "views"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
-        if self.method == "rded" and (self.iterations or self.lr_images):
-            raise OmniferError("rded selects real views and learns no pixels; drop --iterations "
-                               "and --lr-images, or pick a learning method (--method dm)")
         lr = self.lr_images
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
                                or not math.isfinite(lr) or lr <= 0):
             raise OmniferError(f"lr_images is {lr!r}; use a finite number above 0, e.g. 0.01")
+        if self.method == "rded" and (self.iterations or self.lr_images):
+            raise OmniferError("rded selects real views and learns no pixels; drop --iterations "
+                               "and --lr-images, or pick a learning method (--method dm)")
         parse_device(self.device)
 
     def resolved(self, gpu: bool) -> DistillConfig:
