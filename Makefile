@@ -20,13 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/omnifer --workspace demo synth demo/data
-	$(BIN)/omnifer --workspace demo data check demo/data/labeled.toml
-	$(BIN)/omnifer --workspace demo train --backbone convnet --size 64 --epochs 30 --lr 2e-3
-	$(BIN)/omnifer --workspace demo evaluate
-	$(BIN)/omnifer --workspace demo index demo/data/pool
-	$(BIN)/omnifer --workspace demo mine --threshold 0.9
-	$(BIN)/omnifer --workspace demo status
+	$(BIN)/omnifer demo demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -284,9 +284,36 @@ class PublishRun(RunRecord):
     references: bool = False  #: keys and labels without pixels
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReportRun(RunRecord):
+    """A workspace report: one self-contained HTML file and a Markdown summary."""
+
+    stage: ClassVar[str] = "report"
+    config_class: ClassVar[Any] = _LazyConfig("omnifer.report.config", "ReportConfig")
+    config_key: ClassVar[str] = "report"
+    html: Path = output()  #: report.html, images embedded
+    markdown: Path = output()  #: report.md, the summary for terminals
+    #: one row per evaluated model: name, train and evaluate runs, metrics, training seconds
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoRun(RunRecord):
+    """The whole chain on the built-in benchmark: the run of each step and the report."""
+
+    stage: ClassVar[str] = "demo"
+    config_class: ClassVar[Any] = _LazyConfig("omnifer.pipeline.demo", "DemoConfig")
+    config_key: ClassVar[str] = "demo"
+    #: the finished steps in order: [{"step": name, "run": "stage/id", "seconds": s}]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    #: the models compared: [{"name": ..., "train": "train/id", "evaluate": "evaluate/id"}]
+    arms: list[dict[str, Any]] = field(default_factory=list)
+    report: str | None = None  #: the report run, ``report/<id>``
+
+
 RECORDS: dict[str, type[RunRecord]] = {
     r.stage: r for r in (SynthRun, TrainRun, EvaluateRun, IndexRun, MineRun, AuditRun,
-                         DistillRun, PublishRun)}
+                         DistillRun, PublishRun, ReportRun, DemoRun)}
 
 
 def record_of(run: Run) -> RunRecord:

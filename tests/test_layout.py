@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parents[1] / "omnifer"
 #: layers before it (cli -> pipeline -> stages -> data/models/faces -> base modules)
 BASE = {"errors", "labels", "metrics", "plots", "artifacts", "checks", "registry", "device",
         "config", "workspace", "records", "__init__"}
-STAGES = {"synth", "pools", "mining", "distill", "train", "hub"}
+STAGES = {"synth", "pools", "mining", "distill", "train", "hub", "report"}
 LAYERS = [BASE, {"data"}, {"models", "faces"}, STAGES, {"pipeline"}, {"cli"}]
 #: stage packages that may import another stage (docs/architecture.md says why)
 STAGE_IMPORTS = {("mining", "pools")}

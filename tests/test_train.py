@@ -126,6 +126,25 @@ def test_student_and_ensemble(labeled, teacher, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_student_of_another_input_size_gets_the_teachers_soft_labels(labeled, teacher,
+                                                                      tmp_path):
+    """A 24 px student of a 32 px teacher: the soft labels are the teacher's on 32 px images."""
+    from omnifer.data.batches import BatchMaker
+    from omnifer.train.loop import teacher_soft_targets
+
+    out, _ = teacher
+    teachers = load_models(out)
+    cfg = TrainConfig(**FAST).replace(epochs=1, input_size=24)
+    train(labeled, tmp_path, config=cfg, cache_dir=out / "cache", teachers=teachers)
+    got = torch.load(tmp_path / "teacher_targets.pt", weights_only=True)
+    tcfg = teachers[0].config
+    for size, same in ((tcfg.input_size, True), (24, False)):
+        maker = BatchMaker(decoded_images(labeled, size, out / "cache"), mean=tcfg.mean,
+                           std=tcfg.std, device=torch.device("cpu"))
+        want = teacher_soft_targets(teachers, maker, len(labeled), temperature=cfg.temperature)
+        assert torch.allclose(got["expression"], want["expression"], atol=1e-5) == same
+
+
 def test_student_rejects_a_teacher_with_other_label_spaces(labeled, teacher, tmp_path):
     out, _ = teacher
     (t,) = load_models(out)

@@ -10,6 +10,7 @@ nothing, and returns the stage's typed run record (``omnifer.records``)::
     pool = pipeline.index("ws", pool=synth.pool)
     mined = pipeline.mine("ws", MineConfig(threshold=0.9))
     issues = pipeline.audit("ws")          # label errors, duplicates, outliers (AuditConfig)
+    everything = pipeline.demo("ws")       # the whole chain on the benchmark, with a report
 
 Pass ``progress=tqdm_progress`` for progress bars. This is the only package that knows two
 stages at once; the CLI parses flags, calls these functions and prints their records.
@@ -18,6 +19,7 @@ stages at once; the CLI parses flags, calls these functions and prints their rec
 from __future__ import annotations
 
 from omnifer.pipeline.audit import audit
+from omnifer.pipeline.demo import DemoConfig, demo
 from omnifer.pipeline.distill import distill
 from omnifer.pipeline.distill_evaluate import distill_evaluate
 from omnifer.pipeline.index import index
@@ -25,9 +27,11 @@ from omnifer.pipeline.mine import mine
 from omnifer.pipeline.progress import no_progress, tqdm_progress
 from omnifer.pipeline.publish import publish
 from omnifer.pipeline.publish_rebuild import rebuild
+from omnifer.pipeline.report import report
 from omnifer.pipeline.synth import synth
 from omnifer.synth.options import SynthOptions
 from omnifer.pipeline.train import evaluate, train
 
-__all__ = ["SynthOptions", "audit", "distill", "distill_evaluate", "evaluate", "index", "mine",
-           "no_progress", "publish", "rebuild", "synth", "tqdm_progress", "train"]
+__all__ = ["DemoConfig", "SynthOptions", "audit", "demo", "distill", "distill_evaluate",
+           "evaluate", "index", "mine", "no_progress", "publish", "rebuild", "report", "synth",
+           "tqdm_progress", "train"]

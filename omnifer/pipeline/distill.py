@@ -123,7 +123,8 @@ def source_data(ws: Any, source: Any, with_labeled: bool, labeled: Any, *,
     if source is None:
         source = resolve.run(ws, None, "mine")
     source_path = resolve.data_path(ws, source)
-    labeled_path = resolve.synth_output(ws, labeled, "labeled") if with_labeled else None
+    labeled_path = (resolve.synth_output(ws, labeled, "labeled", "--labeled") if with_labeled
+                    else None)
     with bar(progress, "reading data", "img") as update:
         data = resolve.read_data(ws, source_path, progress=update)
         if labeled_path is not None:

@@ -52,7 +52,8 @@ def distill_evaluate(workspace: Any = None, config: Any = None, *, run: Any = No
     trained = model_run(ws, model)
     distilled = LabeledSet.load(record.dataset)
     with bar(progress, "reading test data", "img") as update:
-        test_set = resolve.read_data(ws, resolve.synth_output(ws, test, "test"), progress=update)
+        test_ref = resolve.synth_output(ws, test, "test", "--test")
+        test_set = resolve.read_data(ws, test_ref, progress=update)
     learned = np.unique(distilled.table["expression"].to_numpy(np.int64))
     has = test_set.masks()["expression"]  # the classes the distilled set has, not the others
     test_set = test_set.subset(has & np.isin(

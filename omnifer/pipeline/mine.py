@@ -41,7 +41,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
             f"model {model_path} is not the one that built {index_run.ref} (fingerprints "
             f"{fp[:12]} vs {str(sidecar.get('model_fingerprint'))[:12]}); mine with that model "
             "(leave out --model) or index the pool again with this one")
-    labeled_ref = resolve.synth_output(ws, labeled, "labeled")
+    labeled_ref = resolve.synth_output(ws, labeled, "labeled", "--labeled")
     with bar(progress, "reading labeled data", "img") as update:
         data = resolve.read_data(ws, labeled_ref, on_bad_files=on_bad_files, progress=update)
     data = data.subset(data.masks()["expression"])

@@ -72,14 +72,15 @@ def inside_complete_run(ws: Workspace, path: Path, stage: str) -> Path:
     return path
 
 
-def synth_output(ws: Workspace, ref: Any, output: str) -> str:
-    """``ref`` when given, else the ``output`` (labeled or test) of the latest synth run."""
+def synth_output(ws: Workspace, ref: Any, output: str, flag: str = "--data") -> str:
+    """``ref`` when given, else the ``output`` (labeled or test) of the latest synth run;
+    ``flag`` is the option that gives ``ref``, for the error without either."""
     if ref is not None:
         return str(data_path(ws, ref) if isinstance(ref, RunRecord) else ref)
     found = ws.latest("synth")
     if found is None:
         raise OmniferError(
-            f"no --data given and no synth run in workspace {ws.root}; pass --data SPEC (a TOML "
+            f"no {flag} given and no synth run in workspace {ws.root}; pass {flag} SPEC (a TOML "
             "spec, folder or manifest) or run `omnifer synth demo/data` first")
     return str(getattr(SynthRun.from_run(found), output))
 

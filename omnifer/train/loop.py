@@ -165,8 +165,12 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         if path.is_file():
             targets = torch.load(path, weights_only=True)
         else:
-            targets = teacher_soft_targets([t.to(device) for t in teachers], maker, len(labeled),
-                                           temperature=config.temperature)
+            tcfg = teachers[0].config  # the teachers see images at their own input size
+            teacher_maker = maker if tcfg.input_size == mcfg.input_size else BatchMaker(
+                decoded_images(labeled, tcfg.input_size, cache_dir), mean=tcfg.mean,
+                std=tcfg.std, device=device)
+            targets = teacher_soft_targets([t.to(device) for t in teachers], teacher_maker,
+                                           len(labeled), temperature=config.temperature)
             save_torch(targets, path)
 
     sub = {k: v[train_rows] for k, v in arrays.items()}
