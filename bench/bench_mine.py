@@ -13,6 +13,7 @@ after the floor runs too.
 
     python bench/bench_mine.py                     # 1M x 512 vs 10k labeled, ~5 min on 2 cores
     python bench/bench_mine.py --plant 0.01 --rounds 3
+    python bench/bench_mine.py --n 5800000 --checkpoint   # MS1MV2-sized, spans saved as in mine
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -88,11 +91,15 @@ def child(args: argparse.Namespace) -> None:
     sgemm = sgemm_seconds()
     seconds, selected = [], 0
     for _ in range(args.rounds):
+        folder = tempfile.mkdtemp(dir=args.work_dir) if args.checkpoint else None
         t0 = time.perf_counter()
         ev = engine.evidence(pool, labeled, labels, args.classes, k=args.k, score=args.score,
-                             floor=args.threshold, block=args.block, device=args.device)
+                             floor=args.threshold, block=args.block, device=args.device,
+                             checkpoint=folder)
         selected = int(engine.select(ev, threshold=args.threshold).sum())
         seconds.append(time.perf_counter() - t0)
+        if folder is not None:
+            shutil.rmtree(folder)
     sgemm += sgemm_seconds()  # before and after, as other work on the machine comes and goes
     gflops = 2 * block * args.m * args.dim / np.median(sgemm) / 1e9
     print(json.dumps({"seconds": float(np.median(seconds)), "sgemm": gflops, "block": block,
@@ -133,6 +140,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--rounds", type=int, default=1, help="repeats; medians are reported")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", action="store_true",
+                   help="save each finished span as `omnifer mine` does (resumable pass)")
     p.add_argument("--work-dir", default="/tmp/omnifer-bench-mine")
     p.add_argument("--child-pool", help=argparse.SUPPRESS)
     p.add_argument("--child-rows", type=int, help=argparse.SUPPRESS)
@@ -145,7 +154,8 @@ def main() -> None:
         runs.append((args.plant, args.n))
     print(f"{os.cpu_count()} cores, numpy {np.__version__}; m={args.m} D={args.dim} "
           f"C={args.classes} k={args.k} score={args.score} threshold={args.threshold} "
-          f"device={args.device}; times are medians of {args.rounds} round(s)\n")
+          f"device={args.device}; checkpoint={args.checkpoint}; times are medians of "
+          f"{args.rounds} round(s)\n")
     print("| pool rows | planted | seconds | GFLOP/s | sgemm GFLOP/s | ratio | block | candidates "
           "| selected | peak RSS MB (VmHWM) | ru_maxrss MB | pool file read MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -18,11 +18,14 @@ MIN_BLOCK = 256
 
 
 def blocks(x: np.ndarray, rows: np.ndarray | None, block: int,
-            progress: Progress | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(pool row ids, rows of x) ``block`` rows at a time."""
+           progress: Progress | None, span: tuple[int, int] | None = None
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(pool row ids, rows of x) ``block`` rows at a time; ``span`` (first, end) limits the
+    pass to those positions of the rows (of ``rows``, or of ``x`` when ``rows`` is None)."""
     total = len(x) if rows is None else len(rows)
-    for start in range(0, total, block):
-        stop = min(start + block, total)
+    first, end = span if span is not None else (0, total)
+    for start in range(first, end, block):
+        stop = min(start + block, end)
         if rows is None:
             ids = np.arange(start, stop, dtype=np.int64)
             yield ids, x[start:stop]

@@ -32,8 +32,10 @@ load only inside the functions that use them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -49,6 +51,8 @@ SCORES = ("max", "mean", "vote")
 #: ``candidates_from_index`` searches this far below the floor, so that float rounding in FAISS
 #: never drops a row the exact pass keeps; ``evidence(rows=...)`` then decides exactly.
 FLOAT_SLACK = 1e-4
+#: blocks per saved span of a pass with a checkpoint folder (and per progress report)
+SPAN_BLOCKS = 16
 
 Progress = Callable[[int, int], None]
 
@@ -102,7 +106,8 @@ def class_prototypes(labeled: np.ndarray, labels: np.ndarray, n_classes: int) ->
 def evidence(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, n_classes: int, *,
              k: int = 10, score: str = "mean", prototypes: bool = False, floor: float = 0.0,
              rows: np.ndarray | None = None, block: int | None = None, device: str = "auto",
-             progress: Progress | None = None) -> Evidence:
+             progress: Progress | None = None,
+             checkpoint: str | os.PathLike | None = None) -> Evidence:
     """Class evidence of every pool row whose rowmax reaches ``floor`` (see the module doc).
 
     ``rows`` (pool row indices) restricts the pass to those rows, e.g. the output of
@@ -110,6 +115,10 @@ def evidence(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, n_classe
     (default: a 64 MB score matrix, at least 256 rows); ``progress(done, total)`` is called
     after each block. ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Pass
     ``floor = min(threshold)`` (>= 0) to lose no row that ``select`` would keep.
+    ``checkpoint``: a folder where each span of ``SPAN_BLOCKS`` blocks is saved once scored
+    (after that span's last ``progress`` call);
+    a pass with the same arguments and folder loads those spans instead of scoring them again
+    (``omnifer.mining.checkpoint``), so that an interrupted pass goes on where it stopped.
     """
     x = _check_pool(pool)
     lab = _Labeled(labeled, labels, n_classes, dim=x.shape[1])
@@ -129,16 +138,37 @@ def evidence(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, n_classe
     block = block_size(block, len(columns))
     scorer = make_scorer(columns, device)
 
+    empty = (np.zeros(0, np.int64), np.zeros((0, lab.c), np.float32),
+             np.zeros((0, lab.c), np.int32), np.zeros((0, k), np.int64),
+             np.zeros((0, k), np.float32))
+    total = len(x) if rows is None else len(rows)
+    store = None
+    if checkpoint is not None:
+        from omnifer.mining.checkpoint import SpanStore
+
+        store = SpanStore(checkpoint, {
+            "pool": [len(x), x.shape[1]], "labeled": _digest(columns), "k": k, "score": score,
+            "prototypes": prototypes, "floor": floor, "block": block,
+            "rows": None if rows is None else _digest(rows)})
     parts = []
-    for ids, xb in blocks(x, rows, block, progress):
-        keep = _kept(scorer.rowmax(xb, floor_cols), floor, ids)
-        if len(keep):
-            parts.append((ids[keep], *_score_rows(scorer.take(keep), lab, k, score, prototypes)))
-    if not parts:
-        return Evidence(np.zeros(0, np.int64), np.zeros((0, lab.c), np.float32),
-                        np.zeros((0, lab.c), np.int32), np.zeros((0, k), np.int64),
-                        np.zeros((0, k), np.float32))
-    return Evidence(*(np.concatenate(column) for column in zip(*parts)))
+    for first in range(0, total, block * SPAN_BLOCKS):
+        end = min(first + block * SPAN_BLOCKS, total)
+        span = store.load(first) if store is not None else None
+        if span is None:
+            scored = []
+            for ids, xb in blocks(x, rows, block, progress, span=(first, end)):
+                keep = _kept(scorer.rowmax(xb, floor_cols), floor, ids)
+                if len(keep):
+                    scored.append((ids[keep],
+                                   *_score_rows(scorer.take(keep), lab, k, score, prototypes)))
+            span = tuple(np.concatenate(c) for c in zip(*scored)) if scored else empty
+            if store is not None:
+                store.save(first, span)
+        elif progress is not None:
+            progress(end, total)
+        parts.append(span)
+    return Evidence(*(np.concatenate(column) for column in zip(*parts))) if parts \
+        else Evidence(*empty)
 
 
 def select(ev: Evidence, *, threshold: float | np.ndarray, margin: float = 0.0,
@@ -322,6 +352,13 @@ def _knn_range(index: Any, q: np.ndarray, radius: float, k_start: int, max_k: in
 
 
 # ---------------------------------------------------------------- checks
+
+def _digest(a: np.ndarray) -> str:
+    """A short content hash of an array (what a checkpoint's spans were scored against)."""
+    a = np.ascontiguousarray(a)
+    return hashlib.blake2b(a.tobytes() + str((a.dtype, a.shape)).encode(),
+                           digest_size=8).hexdigest()
+
 
 def _check_matrix(x: Any, what: str, *, dim: int | None = None) -> np.ndarray:
     x = np.asarray(x)

@@ -211,7 +211,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
          config: MineConfig, index: Any = None, approximate: bool = False,
          exclude: np.ndarray | None = None, exclude_hashes: np.ndarray | None = None,
          pool_hashes: Callable[[np.ndarray], np.ndarray] | None = None,
-         progress: Any = None) -> MineResult:
+         progress: Any = None, checkpoint: Any = None) -> MineResult:
     """Mine ``pool`` (embeddings [n, D]) with the labeled embeddings and their classes.
 
     ``index`` is the pool's FAISS index; with ``approximate`` (not a flat index) and search
@@ -220,7 +220,9 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     (cosine >= ``config.leak_threshold``) are never mined. ``exclude_hashes``: perceptual hashes
     (``omnifer.mining.leaks``) of evaluation images; with ``pool_hashes`` (pool rows -> their
     hashes, asked only for the rows that would be mined), pool faces within
-    ``config.leak_hash_distance`` bits of one are never mined either.
+    ``config.leak_hash_distance`` bits of one are never mined either. ``checkpoint``: a
+    folder where the pool pass saves its finished spans, so that an interrupted mining goes on
+    where it stopped (``engine.evidence``).
     """
     labels = np.asarray(labels, dtype=np.int64)
     n_classes = len(classes)
@@ -241,7 +243,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     use_index = index is not None and (config.search == "index" or
                                        (config.search == "auto" and approximate))
     knobs = dict(k=config.k, score=config.score, prototypes=config.prototypes,
-                 device=config.device)
+                 device=config.device, checkpoint=checkpoint)
     if use_index:
         from omnifer.mining.engine import candidates_from_index, class_prototypes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,8 +59,10 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                   "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
     inputs = {"index": index_run.run, "model": model_path, "labeled": labeled_ref,
               **{f"exclude_{i}": ref for i, ref in enumerate(exclude)}}
+    # an interrupted run with the same config and inputs is reopened: its pool pass goes on
+    # from the spans it saved in evidence/ (removed once the run completes)
     with ws.start_run("mine", config=run_config, inputs=inputs, seed=config.seed,
-                      device=config.device, resume=False) as run:
+                      device=config.device, resume=True) as run:
         labeled_emb = labeled_embeddings(ws, data, model_path, config.device, progress=progress,
                                          what="embedding labeled faces")
         held_emb = [labeled_embeddings(ws, h, model_path, config.device, progress=progress,
@@ -79,7 +82,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                                index=faiss_index, approximate=approximate,
                                exclude=np.concatenate(held_emb) if held_emb else None,
                                exclude_hashes=np.concatenate(held_hashes) if held else None,
-                               pool_hashes=pool_hashes, progress=update)
+                               pool_hashes=pool_hashes, progress=update,
+                               checkpoint=run.path / "evidence")
         rows = ids.iloc[result.rows].reset_index(drop=True)
         rows["sample_id"] = sample_ids(rows)
         with bar(progress, "exporting images", "img") as update:
@@ -101,6 +105,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
                      ood_cut=result.ood_cut,
                      summary=summary_lines(result, classes))
+        shutil.rmtree(run.path / "evidence", ignore_errors=True)
     return MineRun.from_run(run)
 
 
