@@ -390,8 +390,8 @@ def embedding_map_png(ws: Workspace, index: IndexRun, synth: SynthRun | None,
         ref = ref if "://" in ref else ws.locate(ref)
     if ref is not None:
         data = resolve.read_data(ws, ref)
+        data = data.subset(data.masks()["expression"])  # as mine embeds them: cached there
         labeled = labeled_embeddings(ws, data, index.model, config.device)
-        labeled = labeled[data.masks()["expression"]]
     groups = {}
     for name, rows in (("labeled", np.arange(len(labeled))),
                        ("mined", np.flatnonzero(is_mined)),
