@@ -295,6 +295,14 @@ class ReportRun(RunRecord):
     markdown: Path = output()  #: report.md, the summary for terminals
     #: one row per evaluated model: name, train and evaluate runs, metrics, training seconds
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: where the report was copied for people to open, as ``Workspace.portable`` recorded it
+    copies: dict[str, str] = field(default_factory=dict)
+
+    def copy(self, name: str = "html") -> Path:
+        """The copy of ``html`` or ``markdown`` (``WORKSPACE/report.html`` by default), or the
+        run's own file when none was recorded."""
+        recorded = self.copies.get(name)
+        return self.run.root / recorded if recorded else getattr(self, name)
 
 
 @dataclass(frozen=True, kw_only=True)

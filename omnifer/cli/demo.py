@@ -49,7 +49,7 @@ def command(ctx: Context, workspace: str | None, config_file: str | None, resume
                on_step=None if ctx.quiet else _step_line)
     report = ReportRun.from_run(ws.resolve(rec.report, "report"))
     summary = report.markdown.read_text(encoding="utf-8").rstrip()
-    html = ws.locate((report.run.manifest.get("copies") or {}).get("html", report.html))
+    html = report.copy("html")
     total = sum(s.get("seconds") or 0 for s in rec.steps)
     ctx.emit({"run": rec.ref, "steps": rec.steps, "arms": rec.arms, "report": str(html),
               "results": report.results},

@@ -9,6 +9,7 @@ import click
 
 from omnifer.cli.common import Context, config_option, make_config, pass_ctx
 from omnifer.report.config import ReportConfig as D
+from omnifer.workspace import Workspace
 
 
 @click.command("report")
@@ -29,13 +30,11 @@ from omnifer.report.config import ReportConfig as D
 def command(ctx: Context, workspace: str | None, out: str | None, config_file: str | None,
             **options: Any) -> None:
     """Write an HTML report of the workspace's runs: lineage, results, pictures."""
-    from omnifer import pipeline
-    from omnifer.pipeline.report import report
+    from omnifer.pipeline import report
 
-    ws = pipeline.resolve.workspace(workspace) if workspace else ctx.workspace
+    ws = Workspace(workspace) if workspace else ctx.workspace
     rec = report(ws, make_config(D, config_file, **options), out=out, progress=ctx.progress)
-    copies = {k: str(ws.locate(v)) for k, v in (rec.run.manifest.get("copies") or {}).items()}
-    html = copies.get("html", str(rec.html))
-    ctx.emit({"run": rec.ref, "html": html, "markdown": copies.get("markdown", str(rec.markdown)),
+    html = rec.copy("html")
+    ctx.emit({"run": rec.ref, "html": html, "markdown": rec.copy("markdown"),
               "run_html": rec.html, "results": rec.results, "counts": rec.counts},
              rec.markdown.read_text(encoding="utf-8").rstrip() + f"\nreport: {html}")
