@@ -111,3 +111,53 @@ def test_an_interrupted_mine_run_is_reopened_and_finishes(tmp_path):
     assert rec.run_id == failed[0].name and rec.status == "complete"
     assert rec.run.manifest.get("resumed") == 1
     assert not (rec.path / "evidence").exists()
+
+
+KILLED_PASS = """
+import sys
+import numpy as np
+from omnifer.mining.engine import evidence
+
+folder, out = sys.argv[1], sys.argv[2]
+pool = np.load(folder + "/pool.npy", mmap_mode="r")
+labeled, labels = np.load(folder + "/labeled.npy"), np.load(folder + "/labels.npy")
+ev = evidence(pool, labeled, labels, 4, k=5, score="max", floor=0.9, block=64, device="cpu",
+              checkpoint=folder + "/ev")
+np.savez(out, rows=ev.rows, scores=ev.scores, neighbours=ev.neighbours)
+"""
+
+
+@pytest.mark.slow
+def test_a_pass_killed_with_sigkill_goes_on_to_the_same_result(tmp_path):
+    """A real kill -9 in the middle of a pass over a memory-mapped pool, then the same pass."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pool, labeled, labels = data(n=60_000, m=2_000, d=64)
+    np.save(tmp_path / "pool.npy", pool.astype(np.float16))
+    np.save(tmp_path / "labeled.npy", labeled)
+    np.save(tmp_path / "labels.npy", labels)
+    script = tmp_path / "pass.py"
+    script.write_text(KILLED_PASS)
+    cmd = [sys.executable, str(script), str(tmp_path), str(tmp_path / "out.npz")]
+    proc = subprocess.Popen(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None \
+            and len(list((tmp_path / "ev").glob("span-*.npz"))) < 3:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the pass finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = len(list((tmp_path / "ev").glob("span-*.npz")))
+    spans = -(-len(pool) // (64 * SPAN_BLOCKS))
+    assert 3 <= saved < spans
+    subprocess.run(cmd, check=True, timeout=300)
+    got = np.load(tmp_path / "out.npz")
+    want = evidence(np.load(tmp_path / "pool.npy", mmap_mode="r"), labeled, labels, 4, k=5,
+                    score="max", floor=0.9, block=64, device="cpu")
+    assert len(want) > 0
+    for f in ("rows", "scores", "neighbours"):
+        np.testing.assert_array_equal(got[f], getattr(want, f))
