@@ -239,6 +239,15 @@ def nll(probs: object, y: object) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
 
 
+def brier(probs: object, y: object) -> float:
+    """Mean Brier score: squared distance between the probabilities and the one-hot truth,
+    summed over classes (0 is perfect, 2 the worst)."""
+    p, labels = _probs(probs, y)
+    onehot = np.zeros_like(p, dtype=np.float64)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
 def reliability_bins(probs: object, y: object, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Top-1 confidence and accuracy in ``n_bins`` equal-width bins over (0, 1].
 
@@ -293,3 +302,16 @@ def auroc(scores: object, labels: object) -> float:
     avg_rank = starts + (counts + 1) / 2.0  # 1-based average rank within each tie group
     rank_sum = avg_rank[inverse.ravel()][lab].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def fpr_at_tpr(scores: object, labels: object, tpr: float = 0.95) -> float:
+    """False-positive rate at the lowest threshold that flags ``tpr`` of the positives
+    (``labels`` 1) as ``score >= threshold``. NaN when either class is missing."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    lab = _binary(np.asarray(labels).ravel(), "labels")
+    _same_shape(s, lab, "scores and labels")
+    if not lab.any() or lab.all():
+        return float("nan")
+    pos = np.sort(s[lab])[::-1]
+    threshold = pos[max(0, int(np.ceil(tpr * len(pos))) - 1)]
+    return float(np.mean(s[~lab] >= threshold))

@@ -148,9 +148,13 @@ class TrainRun(RunRecord):
     stage: ClassVar[str] = "train"
     config_class: ClassVar[Any] = _LazyConfig("omnifer.train.config", "TrainConfig")
     config_key: ClassVar[str] = "train"
-    model: Path = output()  #: the first member's checkpoint folder
-    members: tuple[Path, ...] = output()
+    #: the best member's checkpoint folder by validation score (of the last generation)
+    model: Path = output()
+    members: tuple[Path, ...] = output()  #: of the last generation
+    generations: tuple[Path, ...] = output(default=())  #: each generation's folder (G > 1)
     validation: list[dict[str, Any]] = field(default_factory=list)
+    #: the members' mean on the validation rows; per generation with G > 1
+    ensemble_validation: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float | None = None
 
     def member(self, k: int | None = None) -> Path:

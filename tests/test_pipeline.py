@@ -116,8 +116,11 @@ def test_ensemble_model_needs_a_member(ws, tmp_path):
     with pytest.raises(OmniferError, match="members 0 .. 1, not 5"):
         record.member(5)
     assert model_dir(Workspace(root), f"{t.ref}@0") == t.members[0].resolve()
-    with pytest.raises(OmniferError, match="a member is a number"):
+    with pytest.raises(OmniferError, match=r"@x: name a member \(@0\), the best member"):
         model_dir(Workspace(root), f"{t.ref}@x")
+    assert model_dir(Workspace(root), f"{t.ref}@best") == t.model.resolve()
+    with pytest.raises(OmniferError, match=r"has no generations .*--generations 1"):
+        model_dir(Workspace(root), f"{t.ref}@g0")
 
 
 def test_incomplete_runs_are_refused(ws):

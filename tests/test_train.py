@@ -85,7 +85,7 @@ def test_teacher_learns_all_tasks_and_is_calibrated(teacher, labeled):
     assert [h["epoch"] for h in hist] == [1, 2]
     assert all(np.isfinite(h["loss"]["total"]) for h in hist)
     assert {"expression", "va", "au", "joint"} <= set(hist[0]["loss"])
-    assert set(result.validation[0]) == {"expression", "va", "au"}
+    assert set(result.validation[0]) == {"expression", "va", "au", "uncertainty"}
     assert result.counts["train"] + result.counts["val"] == len(labeled)
     assert result.balance["expression"]["after"]
 

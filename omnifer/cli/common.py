@@ -82,7 +82,7 @@ def existing_ref(click_ctx: click.Context, param: click.Parameter, value: Any) -
         if v is None or v.startswith("hf://") or os.path.exists(v):
             continue
         head = v.split("/", 1)[0]
-        if os.path.isabs(v) or v.startswith((".", "~")) or Path(v).suffix \
+        if os.path.isabs(v) or v.startswith((".", "~")) or Path(v.split("@")[0]).suffix \
                 or ("/" in v and head not in RECORDS):
             raise OmniferError(f"{param.opts[0]} {v}: no such file or folder; pass an existing "
                                "path or a run (STAGE/ID, STAGE/latest)")

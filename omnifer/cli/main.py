@@ -31,11 +31,11 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
 
 
 def _register() -> None:
-    from omnifer.cli import (audit, data, demo, distill, evaluate, index, mine, publish, report,
-                             status, synth, train)
+    from omnifer.cli import (audit, data, demo, distill, evaluate, index, mine, predict, publish,
+                             report, status, synth, train)
 
-    for module in (status, synth, data, train, evaluate, audit, index, mine, distill, publish,
-                   report, demo):
+    for module in (status, synth, data, train, evaluate, predict, audit, index, mine, distill,
+                   publish, report, demo):
         cli.add_command(module.command)
 
 

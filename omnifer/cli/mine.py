@@ -58,6 +58,11 @@ from omnifer.mining.mine import MineConfig as D
 @click.option("--duplicate-threshold", type=float, default=None,
               help="Cosine at which mined faces are near duplicates, counted once toward "
                    f"caps and balance [{D.duplicate_threshold}].")
+@click.option("--max-uncertainty", type=float, default=None, metavar="U",
+              help="Drop mined faces whose epistemic uncertainty (/ log C, in (0, 1]) is above "
+                   "U: every member of an ensemble run, else Monte-Carlo dropout [off].")
+@click.option("--mc-passes", type=int, default=None, metavar="N",
+              help=f"Dropout passes scoring a single model's uncertainty [{D.mc_passes}].")
 @click.option("--search", type=click.Choice(["auto", "exact", "index"]), default=None,
               help=f"auto: exact on a flat index, the index otherwise [{D.search}].")
 @click.option("--seed", type=int, default=None, help=f"[{D.seed}]")
@@ -88,4 +93,5 @@ def command(ctx: Context, config_file: str | None, index_ref: str | None, labele
     files = {k: v for k, v in rec.run.outputs.items() if k != "dataset"}
     ctx.emit({"run": rec.ref, "dataset": rec.dataset, "counts": rec.counts,
               "thresholds": rec.thresholds, "estimate": rec.estimate, "recall": rec.recall,
-              "files": files}, "\n".join(lines))
+              "uncertainty": rec.run.manifest.get("uncertainty"), "files": files},
+             "\n".join(lines))

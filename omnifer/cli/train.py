@@ -9,6 +9,7 @@ import click
 
 from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
                                 make_config, num, pass_ctx)
+from omnifer.train.config import ANCHOR_RULES
 from omnifer.train.config import TrainConfig as D
 
 
@@ -46,10 +47,26 @@ from omnifer.train.config import TrainConfig as D
 @click.option("--val-fraction", type=float, default=None,
               help=f"Validation share per source [{D.val_fraction}].")
 @click.option("--ensemble", type=int, default=None, help=f"Train K members [{D.ensemble}].")
+@click.option("--generations", type=int, default=None,
+              help="Generations of ensembles: each after the first also learns from the previous "
+                   f"one's mean soft labels [{D.generations}].")
 @click.option("--kd-weight", type=float, default=None, help=f"Student: soft-label weight [{D.kd_weight}].")
 @click.option("--gt-weight", type=float, default=None, help=f"Student: ground-truth weight [{D.gt_weight}].")
 @click.option("--temperature", type=float, default=None,
               help=f"Distillation temperature [{D.temperature}].")
+@click.option("--kd", default=None, metavar="output,structural",
+              help="Student: distil the teacher's outputs, its embedding structure (Sinkhorn "
+                   f"divergence of batch similarities) or both [{','.join(D.kd)}].")
+@click.option("--structural-weight", type=float, default=None,
+              help=f"Structural KD weight [{D.structural_weight}].")
+@click.option("--anchors", type=int, default=None,
+              help=f"Structural KD: anchors per batch [{D.anchors}].")
+@click.option("--anchor-rule", type=click.Choice(ANCHOR_RULES), default=None,
+              help=f"Structural KD: how anchors are picked [{D.anchor_rule}].")
+@click.option("--sinkhorn-epsilon", type=float, default=None,
+              help=f"Structural KD: entropic regularisation [{D.sinkhorn_epsilon}].")
+@click.option("--sinkhorn-iterations", type=int, default=None,
+              help=f"Structural KD: Sinkhorn iterations [{D.sinkhorn_iterations}].")
 @click.option("--seed", type=int, default=None, help=f"Random seed [{D.seed}].")
 @click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N [{D.device}].")
 @bad_files_option
@@ -66,18 +83,34 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
     config = make_config(D, config_file, **options)
     rec = pipeline.train(ctx.workspace, config, data=data, extra=extra, teacher=teacher,
                          student=student, on_bad_files=on_bad_files, resume=resume,
-                         progress=ctx.progress, on_epoch=None if ctx.quiet else _epoch_line)
+                         progress=ctx.progress, on_epoch=None if ctx.quiet else _epoch_line,
+                         on_generation=None if ctx.quiet else _generation_line)
     c = rec.counts
-    lines = [f"trained {'student' if student else 'teacher'} {rec.ref}: "
+    lines = [f"trained {_kind(rec, student)} {rec.ref}: "
              f"{len(rec.members)} member(s), {c['train']} train / {c['val']} validation samples"
              + (f" ({c['draws_per_epoch']} drawn per epoch)"
                 if c["draws_per_epoch"] != c["train"] else "")
              + f", {rec.train_seconds:.0f}s"]
+    if rec.generations:
+        lines.append(f"  {len(rec.generations)} generations: {rec.ref}@g0 .. "
+                     f"{rec.ref}@g{len(rec.generations) - 1}; the run's members are the last's")
     for k, val in enumerate(rec.validation):
-        lines.append(f"  member {k} validation: {_summary(val)}")
+        lines.append(f"  member {k} validation: {_summary(val)}"
+                     + ("  (best: @best)" if rec.members[k] == rec.model and len(rec.members) > 1
+                        else ""))
+    if len(rec.members) > 1:
+        lines.append(f"  ensemble validation: {_summary(rec.ensemble_validation[-1])}")
     lines.append(ctx.next(f"evaluate {rec.ref}"))
-    ctx.emit({"run": rec.ref, "members": rec.members, "validation": rec.validation,
+    ctx.emit({"run": rec.ref, "members": rec.members, "best": rec.model,
+              "generations": rec.generations, "validation": rec.validation,
+              "ensemble_validation": rec.ensemble_validation,
               "counts": c, "seconds": rec.train_seconds}, "\n".join(lines))
+
+
+def _kind(rec: Any, student: bool) -> str:
+    if rec.generations:
+        return f"{len(rec.generations)} generations of ensembles"
+    return "student" if student else "teacher"
 
 
 def _summary(val: dict[str, Any]) -> str:
@@ -85,7 +118,8 @@ def _summary(val: dict[str, Any]) -> str:
     if "expression" in val:
         e = val["expression"]
         parts.append(f"acc {num(e['accuracy'], '.3f')} macro-F1 {num(e['macro_f1'], '.3f')} "
-                     f"ECE {num(e['ece_before'], '.3f')}->{num(e['ece_after'], '.3f')}")
+                     f"ECE {num(e['ece_before'], '.3f')}->{num(e['ece_after'], '.3f')} "
+                     f"NLL {num(e['nll_after'], '.3f')}")
     if "va" in val:
         parts.append(f"CCC V {num(val['va']['ccc_valence'], '.3f')} "
                      f"A {num(val['va']['ccc_arousal'], '.3f')}")
@@ -98,6 +132,15 @@ def _epoch_line(entry: dict[str, Any]) -> None:
     from tqdm import tqdm
 
     val = "  ".join(f"{k} {v:.3f}" for k, v in entry.get("val", {}).items())
-    tqdm.write(f"member {entry['member']} epoch {entry['epoch']}: loss "
+    gen = f"generation {entry['generation']} " if "generation" in entry else ""
+    tqdm.write(f"{gen}member {entry['member']} epoch {entry['epoch']}: loss "
                f"{entry['loss']['total']:.4f}  {val}{'  *' if entry['best'] else ''}",
+               file=sys.stderr)
+
+
+def _generation_line(entry: dict[str, Any]) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"generation {entry['generation']} done ({entry['members']} members, "
+               f"{entry['seconds']:.0f}s): ensemble {_summary(entry['ensemble'])}",
                file=sys.stderr)

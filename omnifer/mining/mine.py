@@ -63,6 +63,9 @@ class MineConfig(StageConfig):
     classes: tuple[str, ...] | None = None  #: mine only these classes (None: all)
     search: str = "auto"  #: auto (exact on a flat index), exact, or index
     recall_sample: int = 20_000  #: pool rows mined both ways to estimate an index's recall
+    #: drop mined faces whose epistemic uncertainty (/ log C) is above this (None: off)
+    max_uncertainty: float | None = None
+    mc_passes: int = 20  #: dropout passes scoring a single model's uncertainty
     seed: int = 0
     device: str = "auto"
 
@@ -120,6 +123,12 @@ class MineConfig(StageConfig):
                       f"use a number of bits in [0, {bits}], e.g. 96")
         if self.search not in SEARCHES:
             raise bad("search", self.search, f"use one of {', '.join(SEARCHES)}")
+        if self.max_uncertainty is not None and not 0.0 < self.max_uncertainty <= 1.0:
+            raise bad("max_uncertainty", self.max_uncertainty,
+                      "use a value in (0, 1] (epistemic uncertainty / log C), e.g. 0.1")
+        if (isinstance(self.mc_passes, bool) or not isinstance(self.mc_passes, int)
+                or self.mc_passes < 1):
+            raise bad("mc_passes", self.mc_passes, "use at least 1 dropout pass, e.g. 20")
 
 
     @property

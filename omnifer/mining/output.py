@@ -27,12 +27,14 @@ def sample_ids(ids: pd.DataFrame) -> list[str]:
 
 def mined_table(result: MineResult, ids: pd.DataFrame, images: Sequence[str], *,
                 classes: Sequence[str], aus: Sequence[str], labeled_ids: Sequence[str],
-                model_fingerprint: str, index_fingerprint: str) -> tuple[LabeledSet, pd.DataFrame]:
+                model_fingerprint: str, index_fingerprint: str,
+                epistemic: np.ndarray | None = None) -> tuple[LabeledSet, pd.DataFrame]:
     """The mined faces as a sample table (expression label, weight = score clipped to [0, 1])
     and their provenance columns (``PROVENANCE``), to save with ``LabeledSet.save(extra=)``.
 
     ``ids``: the index run's ids table (row i = pool row i); ``images``: one image reference
-    per mined face, in ``result`` order; ``labeled_ids``: sample id of each labeled row."""
+    per mined face, in ``result`` order; ``labeled_ids``: sample id of each labeled row;
+    ``epistemic``: each face's epistemic uncertainty (``--max-uncertainty``), a last column."""
     rows = ids.iloc[result.rows].reset_index(drop=True)
     n = len(rows)
     nan = np.full(n, np.nan, np.float32)
@@ -53,6 +55,8 @@ def mined_table(result: MineResult, ids: pd.DataFrame, images: Sequence[str], *,
         "duplicate_of": _duplicate_ids(result, rows),
         "model_fingerprint": model_fingerprint, "index_fingerprint": index_fingerprint,
     })
+    if epistemic is not None:
+        extra["epistemic"] = np.asarray(epistemic, np.float32)
     return LabeledSet(table=table, expressions=tuple(classes), aus=tuple(aus),
                       sources=("mined",)), extra
 
@@ -102,6 +106,24 @@ def face_hashes(source: Any, rows: pd.DataFrame, *, detected: bool,
 
     return image_hashes(_crop(item, r.landmarks if detected else None)
                         for r, item in _items(source, rows, chunk, progress))
+
+
+def face_crops(source: Any, rows: pd.DataFrame, *, detected: bool, size: int,
+               progress: Callable[[int, int], None] | None = None,
+               chunk: int = 256) -> Iterator[np.ndarray]:
+    """uint8 ``[b, size, size, 3]`` batches of at most ``chunk`` faces of ``rows`` (key, face,
+    landmarks), in order: the face as the index embedded it (the aligned crop of a detected
+    face, the whole decoded image otherwise), resized to ``size``."""
+    from omnifer.data.images import resize
+
+    batch: list[np.ndarray] = []
+    for r, item in _items(source, rows, chunk, progress):
+        batch.append(resize(_crop(item, r.landmarks if detected else None), size))
+        if len(batch) == chunk:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
 
 
 def _items(source: Any, rows: pd.DataFrame, chunk: int,

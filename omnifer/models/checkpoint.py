@@ -143,10 +143,14 @@ def _unreadable(path: str | os.PathLike, what: str) -> OmniferError:
 
 
 def load_models(path: str | Path, *, device: str | torch.device = "cpu") -> list[MultitaskModel]:
-    """The models of a checkpoint directory or of a train run (every ensemble member)."""
+    """The models of a checkpoint directory or of a train run (every ensemble member; of
+    a run with generations, the last generation's)."""
     path = Path(path)
     if (path / "model.json").is_file() or path.suffix in (".json", ".safetensors"):
         return [load_checkpoint(path, device=device)]
+    generations = [p for p in (path / "generations").glob("*") if p.name.isdigit()]
+    if not (path / "members").is_dir() and generations:
+        path = max(generations, key=lambda p: int(p.name))
     members = sorted((path / "members").glob("*/model/model.json"),
                      key=lambda p: int(p.parent.parent.name))
     if not members:

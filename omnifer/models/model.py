@@ -265,8 +265,12 @@ class MultitaskModel(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.backbone(x).flatten(1)
-        out = {"embedding": self.embedding_norm(features)}
-        h = self.dropout(features)
+        return {"embedding": self.embedding_norm(features),
+                **self.head_outputs(self.dropout(features))}
+
+    def head_outputs(self, h: Tensor) -> dict[str, Tensor]:
+        """Every head's output on backbone features ``h`` (after any dropout)."""
+        out: dict[str, Tensor] = {}
         if "expression" in self.heads:
             out["expression"] = self.heads["expression"](h)
         if "va" in self.heads:

@@ -24,6 +24,7 @@ from omnifer.pipeline.distill import distill
 from omnifer.pipeline.distill_evaluate import distill_evaluate
 from omnifer.pipeline.index import index
 from omnifer.pipeline.mine import mine
+from omnifer.pipeline.predict import PredictResult, predict
 from omnifer.pipeline.progress import no_progress, tqdm_progress
 from omnifer.pipeline.publish import publish
 from omnifer.pipeline.publish_rebuild import rebuild
@@ -32,6 +33,6 @@ from omnifer.pipeline.synth import synth
 from omnifer.synth.options import SynthOptions
 from omnifer.pipeline.train import evaluate, train
 
-__all__ = ["DemoConfig", "SynthOptions", "audit", "demo", "distill", "distill_evaluate",
-           "evaluate", "index", "mine", "no_progress", "publish", "rebuild", "report", "synth",
-           "tqdm_progress", "train"]
+__all__ = ["DemoConfig", "PredictResult", "SynthOptions", "audit", "demo", "distill",
+           "distill_evaluate", "evaluate", "index", "mine", "no_progress", "predict", "publish",
+           "rebuild", "report", "synth", "tqdm_progress", "train"]

@@ -59,6 +59,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                   "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
     inputs = {"index": index_run.run, "model": model_path, "labeled": labeled_ref,
               **{f"exclude_{i}": ref for i, ref in enumerate(exclude)}}
+    scorers = uncertainty_models(ws, model_path, config.device) \
+        if config.max_uncertainty is not None else []
     # an interrupted run with the same config and inputs is reopened: its pool pass goes on
     # from the spans it saved in evidence/ (removed once the run completes)
     with ws.start_run("mine", config=run_config, inputs=inputs, seed=config.seed,
@@ -85,6 +87,16 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                                pool_hashes=pool_hashes, progress=update,
                                checkpoint=run.path / "evidence")
         rows = ids.iloc[result.rows].reset_index(drop=True)
+        epistemic, uncertain = None, None
+        if config.max_uncertainty is not None:
+            from omnifer.mining.uncertainty_filter import filter_result
+
+            values, how = epistemic_uncertainty(
+                scorers, src, rows, detected=index_run.detect is not None, config=config,
+                progress=progress)
+            result, epistemic, uncertain = filter_result(
+                result, values, config.max_uncertainty, classes=classes, how=how)
+            rows = ids.iloc[result.rows].reset_index(drop=True)
         rows["sample_id"] = sample_ids(rows)
         with bar(progress, "exporting images", "img") as update:
             images = export_images(src, rows, run.path / "images",
@@ -92,7 +104,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
         mined, extra = mined_table(
             result, ids, images, classes=classes, aus=data.aus,
             labeled_ids=data.table["sample_id"].tolist(), model_fingerprint=fp,
-            index_fingerprint=path_fingerprint(index_run.index / "index.faiss"))
+            index_fingerprint=path_fingerprint(index_run.index / "index.faiss"),
+            epistemic=epistemic)
         dataset = mined.save(run.path / "mined.parquet", extra=extra, root=ws.root)
         files = write_report(result, run.path, classes=classes, config=config,
                              inputs={"index": index_run.ref, "model": str(model_path),
@@ -103,10 +116,70 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      similarity="cosine of L2-normalised embeddings", search=result.search,
                      thresholds=class_rows(result, classes), estimate=estimate,
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
-                     ood_cut=result.ood_cut,
+                     ood_cut=result.ood_cut, uncertainty=uncertain,
                      summary=summary_lines(result, classes))
         shutil.rmtree(run.path / "evidence", ignore_errors=True)
     return MineRun.from_run(run)
+
+
+def uncertainty_models(ws: Any, model_path: Any, device: str) -> list[Any]:
+    """The models that score ``--max-uncertainty``: every member of the train run that
+    ``model_path`` belongs to (one member may have embedded the pool), or the model alone,
+    which then needs dropout (Monte-Carlo dropout passes)."""
+    from omnifer.device import resolve_device
+    from omnifer.models import load_models
+
+    dev = resolve_device(device)
+    models = [m for p in primitive_members(ws, model_path) for m in load_models(p, device=dev)]
+    cfg = models[0].config
+    if len(models) == 1 and not 0.0 < cfg.dropout < 1.0:
+        raise OmniferError(
+            f"the model at {model_path} has no dropout (rate {cfg.dropout}), so Monte-Carlo "
+            "dropout cannot score its uncertainty; mine with an ensemble (omnifer train "
+            "--ensemble 3) or a model trained with dropout, or leave out --max-uncertainty")
+    if "expression" not in cfg.tasks:
+        raise OmniferError(f"the model at {model_path} has no expression head; --max-uncertainty "
+                           "needs one (train with --tasks expression,...)")
+    return models
+
+
+def epistemic_uncertainty(models: Sequence[Any], source: Any, rows: Any, *, detected: bool,
+                          config: Any, progress: Progress | None = None
+                          ) -> tuple[np.ndarray, str]:
+    """float32 [n]: the epistemic uncertainty (/ log C) of ``models`` (``uncertainty_models``)
+    on each pool face of ``rows`` (key, face, landmarks), and how it was scored: the members'
+    disagreement, or that of ``config.mc_passes`` Monte-Carlo dropout passes of a single model
+    at its own dropout rate."""
+    from omnifer.data.batches import BatchMaker
+    from omnifer.mining.output import face_crops
+    from omnifer.models.inference import predict_models, uncertainty
+
+    cfg = models[0].config
+    dev = next(models[0].parameters()).device
+    out = np.empty(len(rows), np.float32)
+    done = 0
+    with bar(progress, "scoring uncertainty of mined faces", "img") as update:
+        for crops in face_crops(source, rows, detected=detected, size=cfg.input_size,
+                                progress=update):
+            maker = BatchMaker(crops, mean=cfg.mean, std=cfg.std, device=dev)
+            pred = predict_models(models, maker, np.arange(len(crops)),
+                                  mc_passes=config.mc_passes if len(models) == 1 else 0)
+            out[done:done + len(crops)] = uncertainty(pred)["expression_epistemic"]
+            done += len(crops)
+    how = (f"ensemble of {len(models)} members" if len(models) > 1 else
+           f"Monte-Carlo dropout, {config.mc_passes} passes at rate {cfg.dropout:g}")
+    return out, how
+
+
+def primitive_members(ws: Any, model_path: Any) -> list[Any]:
+    """The checkpoint folders of every member of the train run holding ``model_path`` (a
+    member folder), or ``model_path`` alone when it belongs to no train run."""
+    from pathlib import Path
+
+    owner = ws.owner(model_path)
+    if owner is None or owner.stage != "train":
+        return [Path(model_path)]
+    return list(resolve.run(ws, owner, "train").members)  # type: ignore[attr-defined]
 
 
 def _image_hashes(ws: Any, data: Any, progress: Progress | None) -> np.ndarray:

@@ -5,7 +5,8 @@ References a stage accepts:
 - ``None``, ``"latest"`` or ``"stage/latest"`` (``mine/latest``): the newest complete run of
   the stage that produces the input;
 - a run id (or its unique prefix) or ``stage/run-id``; a train run as a model can name one
-  ensemble member with ``@k`` (``train/<id>@1``);
+  ensemble member with ``@k`` (``train/<id>@1``), its best member (``@best``), a generation
+  (``@g1``) or a generation's member (``@g1.0``);
 - a path: a data spec, folder or manifest, a run directory, or a checkpoint folder.
 
 Explicit references to runs that did not complete are refused with one line, whether given as
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,15 +156,18 @@ def rows_input(data: Any) -> dict[str, Any]:
 
 
 def train_run(ws: Workspace, ref: Any) -> Path:
-    """A whole train run's folder (every ensemble member) or a checkpoint folder."""
+    """A whole train run's folder (every member of its last generation), a part of one named
+    with ``@`` (see :func:`model_part`) or a checkpoint folder."""
     if ref is not None and not isinstance(ref, RunRecord) and Path(ref).exists():
         return inside_complete_run(ws, Path(ref).resolve(), "train")
-    return run(ws, ref, "train").path
+    ref, part = _split_part(ref)
+    record: TrainRun = run(ws, ref, "train")  # type: ignore[assignment]
+    return record.path if part is None else model_part(record, part)
 
 
 def model_dir(ws: Workspace, ref: Any) -> Path:
-    """ONE model's checkpoint folder: a checkpoint folder, a single-model train run, or a
-    member of an ensemble named with ``@k``; an ensemble without a member is an error."""
+    """ONE model's checkpoint folder: a checkpoint folder, a single-model train run, or one
+    model of a run named with ``@``; an ensemble without a member is an error."""
     if isinstance(ref, (str, os.PathLike)) and Path(ref).exists():
         path = Path(ref).resolve()
         if (path / "model.json").is_file():
@@ -171,11 +176,45 @@ def model_dir(ws: Workspace, ref: Any) -> Path:
             return model_dir(ws, Run(path))
         raise OmniferError(f"no model at {path}: expected a checkpoint folder (model.json) or a "
                            "train run; pass a train run or checkpoint folder")
-    member = None
-    if isinstance(ref, str) and "@" in ref:
-        ref, _, k = ref.rpartition("@")
-        if not k.isdigit():
-            raise OmniferError(f"{ref}@{k}: a member is a number, e.g. {ref}@0")
-        member = int(k)
+    ref, part = _split_part(ref)
     record: TrainRun = run(ws, ref, "train")  # type: ignore[assignment]
-    return record.member(member).resolve()
+    if part is None:
+        return record.member(None).resolve()
+    path = model_part(record, part)
+    if not (path / "model.json").is_file():
+        raise OmniferError(f"{record.ref}@{part} is an ensemble and this stage uses one model; "
+                           f"name one of its members: {record.ref}@{part}.0")
+    return path.resolve()
+
+
+def model_part(record: TrainRun, part: str) -> Path:
+    """``k``: member k (of the last generation); ``best``: the member with the best validation
+    score; ``gN``: generation N's ensemble folder; ``gN.k``: its member k."""
+    if part == "best":
+        return record.model
+    if part.isdigit():
+        return record.member(int(part))
+    match = re.fullmatch(r"g(\d+)(?:\.(\d+))?", part)
+    if match is None:
+        raise OmniferError(f"{record.ref}@{part}: name a member (@0), the best member (@best), a "
+                           "generation (@g1) or one of its members (@g1.0)")
+    g = int(match[1])
+    if not 0 <= g < len(record.generations):
+        have = f"generations 0 .. {len(record.generations) - 1}" if record.generations else \
+            "no generations (it was trained with --generations 1)"
+        raise OmniferError(f"{record.ref} has {have}, not {g}; use @0 .. for its members")
+    folder = record.generations[g]
+    if match[2] is None:
+        return folder
+    member = folder / "members" / match[2] / "model"
+    if not (member / "model.json").is_file():
+        raise OmniferError(f"{record.ref} generation {g} has no member {match[2]}; members are "
+                           f"{record.ref}@g{g}.0 .. @g{g}.{len(record.members) - 1}")
+    return member
+
+
+def _split_part(ref: Any) -> tuple[Any, str | None]:
+    if isinstance(ref, str) and "@" in ref:
+        ref, _, part = ref.rpartition("@")
+        return ref, part
+    return ref, None

@@ -16,6 +16,8 @@ SCHEDULES = ("cosine", "constant")
 BALANCE = ("expression", "va", "au")
 VA_HEADS = ("bins", "regress")
 VA_LOSSES = ("ccc", "mse", "ccc+mse")
+KD_KINDS = ("output", "structural")
+ANCHOR_RULES = ("random", "farthest")
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,25 @@ class TrainConfig(StageConfig):
     gt_weight: float = 0.6  #: student: ground truth vs
     kd_weight: float = 0.4  #: teacher soft labels
     temperature: float = 2.0  #: distillation temperature
+    #: what a student distils: the teacher's outputs (soft labels), the structure of its
+    #: embeddings (batch cosine similarities compared with a Sinkhorn divergence), or both
+    kd: tuple[str, ...] = ("output",)
+    structural_weight: float = 0.1  #: measured: 1.0 swamps the ground truth (benchmarks.md)
+    anchors: int = 16  #: structural KD: similarity rows restricted to k anchors of the batch
+    anchor_rule: str = "random"  #: random: k random samples; farthest: farthest-point sampling
+    sinkhorn_epsilon: float = 0.05  #: entropic regularisation of the Sinkhorn divergence
+    sinkhorn_iterations: int = 50
     # run
     ensemble: int = 1
+    #: generation 0 learns from ground truth, each later one also from the mean soft labels
+    #: of the previous generation's ensemble
+    generations: int = 1
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         parse_device(self.device)
-        for name in ("tasks", "balance"):
+        for name in ("tasks", "balance", "kd"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(v.strip() for v in value.split(",") if v.strip() and v != "none")
@@ -80,18 +93,23 @@ class TrainConfig(StageConfig):
             if not self.tasks:
                 raise OmniferError("tasks is empty; name at least one of " + ", ".join(TASKS))
         _check_names("balance strategy", self.balance, BALANCE)
+        _check_names("kd", self.kd, KD_KINDS)
+        if not self.kd:
+            raise OmniferError("kd is empty; name output, structural or both (output,structural)")
+        _check_choice("anchor_rule", self.anchor_rule, ANCHOR_RULES)
         object.__setattr__(self, "source_share", _shares(self.source_share))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("va_head", self.va_head, VA_HEADS)
         _check_choice("va_loss", self.va_loss, VA_LOSSES)
         for name, low in (("epochs", 1), ("batch_size", 2), ("ensemble", 1), ("input_size", 16),
-                          ("va_bins", 2)):
+                          ("va_bins", 2), ("generations", 1), ("anchors", 2),
+                          ("sinkhorn_iterations", 1)):
             if int(getattr(self, name)) < low:
                 raise OmniferError(f"{name} is {getattr(self, name)}; it must be at least {low}")
         if not 0.0 <= self.val_fraction < 0.9:
             raise OmniferError(f"val_fraction is {self.val_fraction}; use a value in [0, 0.9)")
-        for name in ("lr", "temperature"):
+        for name in ("lr", "temperature", "sinkhorn_epsilon"):
             if not float(getattr(self, name)) > 0:
                 raise OmniferError(f"{name} is {getattr(self, name)}; it must be positive")
         for f in dataclasses.fields(self):
@@ -134,8 +152,20 @@ class EvaluateConfig(StageConfig):
     batch_size: int = 256
     device: str = "auto"
     on_bad_files: str | None = None  #: None: the data spec's own setting, else error
+    mc_dropout: int = 0  #: Monte-Carlo dropout passes per member (0: off)
+    mc_rate: float | None = None  #: their dropout rate (None: the model's own)
 
     def __post_init__(self) -> None:
         parse_device(self.device)
         if self.batch_size < 1:
             raise OmniferError(f"batch_size is {self.batch_size}; it must be at least 1")
+        check_mc_dropout(self.mc_dropout, self.mc_rate)
+
+
+def check_mc_dropout(passes: int, rate: float | None) -> None:
+    """One-line errors for Monte-Carlo dropout options (evaluate, predict)."""
+    if isinstance(passes, bool) or int(passes) < 0:
+        raise OmniferError(f"mc_dropout is {passes}; use 0 (off) or a number of passes, e.g. "
+                           "--mc-dropout 20")
+    if rate is not None and not 0.0 < float(rate) < 1.0:
+        raise OmniferError(f"mc_rate is {rate}; use a dropout rate in (0, 1), e.g. --mc-rate 0.2")

@@ -15,13 +15,14 @@ from omnifer.artifacts import atomic_write_json
 from omnifer.data.batches import BatchMaker
 from omnifer.data.table import LabeledSet
 from omnifer.errors import OmniferError
-from omnifer.models.inference import ensemble, predict
+from omnifer.models.inference import ensemble, predict, predict_models, uncertainty
 
 
 def task_metrics(pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], *,
                  expressions: Sequence[str], aus: Sequence[str]) -> dict[str, Any]:
     """Metrics of every task that has both a prediction and at least one label."""
     result: dict[str, Any] = {}
+    unc = uncertainty(pred)
     m = arrays["expression_mask"]
     if "expression_probs" in pred and m.any():
         y, probs, raw = arrays["expression"][m], pred["expression_probs"][m], \
@@ -35,6 +36,10 @@ def task_metrics(pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], *,
             "f1_per_class": dict(zip(expressions, M.f1_per_class(y, p, c).tolist())),
             "ece_before": M.ece(raw, y), "ece_after": M.ece(probs, y),
             "nll_before": M.nll(raw, y), "nll_after": M.nll(probs, y),
+            "brier_before": M.brier(raw, y), "brier_after": M.brier(probs, y),
+            # how well the total uncertainty ranks the misclassified samples first
+            "error_auroc": M.auroc(unc["expression_total"][m], p != y)
+            if "expression_total" in unc else math.nan,
             "confusion": M.confusion_matrix(y, p, c).tolist(),
             # always answering the most frequent class: the floor a model must beat
             "majority": {"accuracy": M.accuracy(y, majority),
@@ -56,6 +61,8 @@ def task_metrics(pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], *,
             "f1_per_au": dict(zip(aus, f1.tolist())), "thresholds": dict(zip(aus, thr.tolist())),
             "chance": {"f1_mean": float(np.nanmean(np.where(m.any(0), chance, np.nan)))},
         }
+    if result and unc:
+        result["uncertainty"] = {k: float(v.mean()) for k, v in unc.items()}
     return result
 
 
@@ -103,9 +110,12 @@ def check_expressions(labeled: LabeledSet, expressions: Sequence[str], what: str
 
 
 def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarray,
-                    out_dir: str | Path, *, device: torch.device,
-                    batch_size: int = 256) -> dict[str, Any]:
-    """Metrics of ``models`` (their mean) on ``labeled``; writes metrics.json and the plots."""
+                    out_dir: str | Path, *, device: torch.device, batch_size: int = 256,
+                    mc_dropout: int = 0, mc_rate: float | None = None,
+                    reference: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of ``models`` (their mean; with ``mc_dropout``, of their dropout passes) on
+    ``labeled``; writes metrics.json, the plots and the per-sample predictions with their
+    out-of-distribution scores (the distance one with ``reference`` embeddings)."""
     from omnifer.train.plots import confusion_plot, reliability_diagram
 
     cfg = models[0].config
@@ -113,8 +123,8 @@ def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarr
     arrays = align_aus(labeled.arrays(), labeled.aus, cfg.aus)
     maker = BatchMaker(images, mean=cfg.mean, std=cfg.std, device=device)
     rows = np.arange(len(labeled))
-    preds = [predict(model.to(device), maker, rows, batch_size=batch_size) for model in models]
-    pred = ensemble(models, preds)
+    pred = predict_models([m.to(device) for m in models], maker, rows, batch_size=batch_size,
+                          mc_passes=mc_dropout, mc_rate=mc_rate)
     result = task_metrics(pred, arrays, expressions=cfg.expressions, aus=cfg.aus)
     if not result:
         raise OmniferError(
@@ -122,7 +132,9 @@ def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarr
             f"({', '.join(cfg.tasks)}); evaluate on a labeled test set such as test.toml"
         )
     out_dir = Path(out_dir)
-    files = {"metrics": out_dir / "metrics.json"}
+    files = {"metrics": out_dir / "metrics.json",
+             "predictions": write_predictions(out_dir / "predictions.parquet", labeled, pred,
+                                              cfg.expressions, reference)}
     if "expression" in result:
         m = arrays["expression_mask"]
         files["reliability"] = reliability_diagram(
@@ -132,7 +144,31 @@ def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarr
             out_dir / "confusion.png", np.asarray(result["expression"]["confusion"]),
             list(cfg.expressions))
     result["members"] = len(models)
+    result["mc_dropout"] = mc_dropout
     result["samples"] = len(labeled)
     atomic_write_json(files["metrics"], result)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def write_predictions(path: Path, labeled: LabeledSet, pred: dict[str, np.ndarray],
+                      expressions: Sequence[str], reference: np.ndarray | None = None) -> Path:
+    """One row per sample: its id, the prediction, the class probabilities, VA, every
+    uncertainty part and the out-of-distribution scores, as Parquet."""
+    import pandas as pd
+
+    from omnifer.artifacts import atomic_path
+    from omnifer.train.ood import scores
+
+    table = {"sample_id": labeled.table["sample_id"].to_numpy()}
+    if "expression_probs" in pred:
+        table["predicted"] = np.asarray(expressions)[pred["expression_probs"].argmax(1)]
+        table.update({f"p_{c}": pred["expression_probs"][:, j] for j, c in enumerate(expressions)})
+    if "va" in pred:
+        table["valence"], table["arousal"] = pred["va"][:, 0], pred["va"][:, 1]
+    unc = uncertainty(pred)
+    table.update({f"uncertainty_{k}": v for k, v in unc.items()})
+    table.update({f"ood_{k}": v for k, v in scores(pred, unc, reference).items()})
+    with atomic_path(path) as tmp:
+        pd.DataFrame(table).to_parquet(tmp, index=False)
+    return path

@@ -53,6 +53,8 @@ class TrainResult:
     members: list[Path]
     model_config: ModelConfig
     validation: list[dict[str, Any]]  #: per member, after calibration
+    #: the members' mean on the validation rows, with calibration and uncertainty
+    ensemble_validation: dict[str, Any]
     history: list[list[dict[str, Any]]]
     counts: dict[str, int]
     balance: dict[str, Any] | None
@@ -117,15 +119,18 @@ def model_config_for(labeled: LabeledSet, config: TrainConfig,
 
 
 def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, n: int, *,
-                         temperature: float, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """The ensemble's soft labels for every row, computed once on un-augmented images."""
+                         temperature: float, embeddings: bool = False, batch_size: int = 256
+                         ) -> dict[str, torch.Tensor]:
+    """The ensemble's soft labels for every row, computed once on un-augmented images (with
+    ``embeddings``, each member's embedding too, for the structural distillation)."""
     parts: dict[str, list[torch.Tensor]] = {}
     for t in teachers:
         t.eval()
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = maker(np.arange(start, min(n, start + batch_size)))
-            targets = soft_targets([t(x) for t in teachers], temperature)
+            targets = soft_targets([t(x) for t in teachers], temperature,
+                                   embeddings=embeddings)
             for k, v in targets.items():
                 parts.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -134,13 +139,14 @@ def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, 
 def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
           cache_dir: str | Path, teachers: Sequence[MultitaskModel] = (),
           soft_targets: dict[str, torch.Tensor] | None = None,
-          progress: Progress | None = None,
+          progress: Progress | None = None, generation: int = 0,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there.
 
     ``soft_targets``: precomputed per-row targets in the form of :func:`teacher_soft_targets`
     (e.g. ``{"expression": probs [N, C]}`` at ``config.temperature``), used instead of
-    ``teachers`` in the distillation terms of the loss."""
+    ``teachers`` in the distillation terms of the loss. ``generation`` gives the members of
+    each generation their own seeds (the validation split stays the same)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
@@ -170,7 +176,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
                 decoded_images(labeled, tcfg.input_size, cache_dir), mean=tcfg.mean,
                 std=tcfg.std, device=device)
             targets = teacher_soft_targets([t.to(device) for t in teachers], teacher_maker,
-                                           len(labeled), temperature=config.temperature)
+                                           len(labeled), temperature=config.temperature,
+                                           embeddings="structural" in config.kd)
             save_torch(targets, path)
 
     sub = {k: v[train_rows] for k, v in arrays.items()}
@@ -193,7 +200,11 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     loss_cfg = LossConfig(
         expression=config.expression_weight, va=config.va_weight, au=config.au_weight,
         joint=config.joint_weight, gt=config.gt_weight, kd=config.kd_weight,
-        temperature=config.temperature, va_loss=config.va_loss)
+        temperature=config.temperature, va_loss=config.va_loss,
+        output_kd="output" in config.kd,
+        structural=config.structural_weight if "structural" in config.kd else 0.0,
+        anchors=config.anchors, anchor_rule=config.anchor_rule,
+        epsilon=config.sinkhorn_epsilon, iterations=config.sinkhorn_iterations)
 
     steps = max(1, draws // config.batch_size)
     total_steps = steps * config.epochs * config.ensemble
@@ -201,7 +212,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     for k in range(config.ensemble):
         member_dir = out_dir / "members" / str(k)
         history, val = _train_member(
-            k, member_dir, mcfg=mcfg, config=config, device=device, maker=maker, labels=labels,
+            k, member_dir, seed=config.seed + 1009 * k + 7919 * generation, mcfg=mcfg, config=config, device=device, maker=maker, labels=labels,
             targets=targets, train_rows=train_rows, val_rows=val_rows, arrays=arrays,
             weights=weights, draws=draws, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
             progress=(lambda done, _t, k=k: progress(k * steps * config.epochs + done,
@@ -215,8 +226,20 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
               "members": config.ensemble, **{f"labeled_{t}": int(m.any(axis=-1).sum()
                                              if m.ndim > 1 else m.sum())
                                              for t, m in labeled.masks().items()}}
-    return TrainResult(out_dir, members, mcfg, validation, histories, counts, balance,
-                       time.perf_counter() - t_start)
+    ensemble_val = _ensemble_validation(members, maker, val_rows, arrays, device)
+    return TrainResult(out_dir, members, mcfg, validation, ensemble_val, histories, counts,
+                       balance, time.perf_counter() - t_start)
+
+
+def _ensemble_validation(members: Sequence[Path], maker: BatchMaker, val_rows: np.ndarray,
+                         arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
+    """Metrics of the calibrated members' mean on the validation rows (``{}`` without any)."""
+    if not len(val_rows):
+        return {}
+    models = [load_checkpoint(p, device=device) for p in members]
+    preds = [E.predict(m, maker, val_rows) for m in models]
+    return E.task_metrics(E.ensemble(models, preds), _rows(arrays, val_rows),
+                          expressions=models[0].config.expressions, aus=models[0].config.aus)
 
 
 def _check_targets(targets: dict[str, torch.Tensor], n: int, mcfg: ModelConfig
@@ -247,14 +270,14 @@ def _lr_lambda(config: TrainConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _train_member(k: int, member_dir: Path, *, mcfg: ModelConfig, config: TrainConfig,
+def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
+                  config: TrainConfig,
                   device: torch.device, maker: BatchMaker, labels: dict[str, torch.Tensor],
                   targets: dict[str, torch.Tensor] | None, train_rows: np.ndarray,
                   val_rows: np.ndarray, arrays: dict[str, np.ndarray], weights: np.ndarray | None,
                   draws: int, loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
                   progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    seed = config.seed + 1009 * k
     state_path, ckpt_dir = member_dir / "state.pt", member_dir / "model"
     model = build_model(mcfg, weights=config.weights, seed=seed).to(device)
     if device.type == "cuda":

@@ -18,7 +18,8 @@ which needs two samples to have a variance, fewer than two labeled samples give
 zeros rather than none.
 
 Distillation terms use the teacher's soft targets (:func:`soft_targets`) on *every* sample:
-their point is to supply the labels a sample lacks.
+their point is to supply the labels a sample lacks. The structural term
+(:mod:`omnifer.train.structural`) distils how the teacher's embeddings arrange the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from omnifer.errors import OmniferError
+from omnifer.train.structural import check_options, structural_loss
 
 VA_LOSSES: tuple[str, ...] = ("ccc", "mse", "ccc+mse")
 
@@ -267,14 +269,15 @@ def _mean_of(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
 
 
 def soft_targets(
-    outputs: Sequence[Mapping[str, torch.Tensor]], temperature: float,
+    outputs: Sequence[Mapping[str, torch.Tensor]], temperature: float, *, embeddings: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Teacher soft targets, averaged over an ensemble (mean of the members' probabilities).
 
     Keys, for the heads every member has: ``expression`` softmax(logits / T) [B, C];
     ``va_bins`` softmax(va_logits / T) [B, 2, n] (binned members); ``va`` mean of the VA values
     [B, 2] (every member has them; a regression student distils from these); ``au``
-    sigmoid(logits) [B, A]. Computed without gradient.
+    sigmoid(logits) [B, A]; with ``embeddings``, ``embedding``: the members' embeddings
+    stacked [B, M, D] (not averaged: each member has its own space). Computed without gradient.
     """
     members = list(outputs)
     if not members:
@@ -301,6 +304,13 @@ def soft_targets(
             out["va"] = _mean_of([va_prediction(m).float() for m in members], "va")
         if common("au"):
             out["au"] = _mean_of([torch.sigmoid(m["au"].float()) for m in members], "au")
+        if embeddings:
+            if not common("embedding"):
+                raise OmniferError("a teacher's outputs have no 'embedding'; structural "
+                                   "distillation needs teachers that return their embeddings")
+            emb = [m["embedding"].float() for m in members]
+            _mean_of(emb, "embedding")  # one line if the members' shapes differ
+            out["embedding"] = torch.stack(emb, dim=1)
     return out
 
 
@@ -309,7 +319,9 @@ def soft_targets(
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Task weights, ground truth vs distillation mix, distillation temperature, VA loss."""
+    """Task weights, ground truth vs distillation mix, distillation temperature, VA loss;
+    ``output_kd``: whether the soft-label terms count; ``structural``: weight of the structural
+    term (0: off), with its ``anchors``, ``anchor_rule`` and Sinkhorn ``epsilon``/``iterations``."""
 
     expression: float = 1.0
     va: float = 1.0
@@ -319,9 +331,16 @@ class LossConfig:
     kd: float = 0.4
     temperature: float = 2.0
     va_loss: str = "ccc"
+    output_kd: bool = True
+    structural: float = 0.0
+    anchors: int = 16
+    anchor_rule: str = "random"
+    epsilon: float = 0.05
+    iterations: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("expression", "va", "au", "joint", "gt", "kd"):
+        check_options(self.anchors, self.anchor_rule, self.epsilon, self.iterations)
+        for name in ("expression", "va", "au", "joint", "gt", "kd", "structural"):
             value = getattr(self, name)
             if not float(value) >= 0:
                 raise OmniferError(f"loss weight {name}={value} is negative; use a value >= 0")
@@ -356,8 +375,11 @@ def multitask_loss(
 
     ``expression``, ``va``, ``au``, ``joint``: ground-truth losses for the heads in
     ``outputs``. With ``teacher`` (from :func:`soft_targets`): ``kd_expression``, ``kd_va``,
-    ``kd_au`` for the tasks both have. ``total`` is ``sum(task_weight * loss)`` without a
-    teacher, and ``gt * that + kd * sum(task_weight * kd_loss)`` with one.
+    ``kd_au`` for the tasks both have (unless ``config.output_kd`` is off), and with
+    ``config.structural > 0`` ``kd_structural`` (:func:`structural_loss` of the student's
+    ``embedding`` and the teacher's, batch-level: sample weights do not apply). ``total`` is
+    ``sum(task_weight * loss)`` without a teacher, and ``gt * that + kd * sum(task_weight *
+    kd_loss) + structural * kd_structural`` with one.
     """
     weight = batch.get("weight")
     has_va = "va" in outputs or "va_logits" in outputs
@@ -388,44 +410,40 @@ def multitask_loss(
         return losses
 
     kd: dict[str, torch.Tensor] = {}
-    T = config.temperature
-    if "expression" in outputs and "expression" in teacher:
+    T, on = config.temperature, config.output_kd
+    if on and "expression" in outputs and "expression" in teacher:
         kd["expression"] = kd_kl(outputs["expression"], teacher["expression"], T, weight)
-    if has_va:
+    if on and has_va:
         logits = outputs.get("va_logits")
         bins = teacher.get("va_bins")
         if logits is not None and bins is not None and bins.shape == logits.shape:
             kd["va"] = kd_kl(logits, bins, T, weight)
         elif "va" in teacher:
             kd["va"] = kd_mse(va_prediction(outputs), teacher["va"], weight)
-    if "au" in outputs and "au" in teacher:
+    if on and "au" in outputs and "au" in teacher:
         kd["au"] = kd_bce(outputs["au"], teacher["au"], weight)
     for name, loss in kd.items():
         losses[f"kd_{name}"] = loss
     kd_total = sum(getattr(config, name) * loss for name, loss in kd.items())
-    losses["total"] = config.gt * gt_total + config.kd * kd_total
+    total = config.gt * gt_total + config.kd * kd_total
+    if config.structural > 0:
+        if "embedding" not in teacher:
+            raise OmniferError("structural distillation needs the teacher's embeddings; compute "
+                               "the teacher targets with soft_targets(..., embeddings=True)")
+        if "embedding" not in outputs:
+            raise OmniferError("structural distillation needs the student's embedding; use a "
+                               "model whose outputs include 'embedding' or set structural=0")
+        losses["kd_structural"] = structural_loss(
+            outputs["embedding"], teacher["embedding"], anchors=config.anchors,
+            rule=config.anchor_rule, epsilon=config.epsilon, iterations=config.iterations)
+        total = total + config.structural * losses["kd_structural"]
+    losses["total"] = total
     return losses
 
 
 __all__ = [
-    "LossConfig",
-    "VA_LOSSES",
-    "au_pos_weight",
-    "bin_centres",
-    "bin_expectation",
-    "ccc",
-    "ccc_loss",
-    "joint_loss",
-    "kd_bce",
-    "kd_kl",
-    "kd_mse",
-    "masked_bce",
-    "masked_cross_entropy",
-    "masked_mse",
-    "multitask_loss",
-    "quadrant",
-    "soft_targets",
-    "va_bin_targets",
-    "va_gt_loss",
+    "LossConfig", "VA_LOSSES", "au_pos_weight", "bin_centres", "bin_expectation", "ccc",
+    "ccc_loss", "joint_loss", "kd_bce", "kd_kl", "kd_mse", "masked_bce", "masked_cross_entropy",
+    "masked_mse", "multitask_loss", "quadrant", "soft_targets", "va_bin_targets", "va_gt_loss",
     "va_prediction",
 ]
