@@ -247,30 +247,14 @@ def predict_block(models: Sequence[Any], images: Any, config: Any, device: Any,
     import numpy as np
 
     from omnifer.data.batches import BatchMaker
-    from omnifer.models.inference import predict_models, uncertainty
-    from omnifer.train.ood import scores
+    from omnifer.models.inference import predict_models
+    from omnifer.train.evaluate import prediction_columns
 
     cfg = models[0].config
     maker = BatchMaker(images, mean=cfg.mean, std=cfg.std, device=device)
     pred = predict_models(models, maker, np.arange(len(images)), batch_size=config.batch_size,
                           mc_passes=config.mc_dropout, mc_rate=config.mc_rate)
-    unc = uncertainty(pred)
-    out: dict[str, Any] = {}
-    if "expression_probs" in pred:
-        probs = pred["expression_probs"]
-        top = probs.argmax(1)
-        out["predicted"] = np.asarray(cfg.expressions, dtype=object)[top]
-        out["confidence"] = probs[np.arange(len(top)), top]
-        out.update({f"p_{c}": probs[:, j] for j, c in enumerate(cfg.expressions)})
-    if "va" in pred:
-        out["valence"], out["arousal"] = pred["va"][:, 0], pred["va"][:, 1]
-    if "au_probs" in pred:
-        au, thr = pred["au_probs"], pred["au_thresholds"]
-        out.update({f"{a}_prob": au[:, j] for j, a in enumerate(cfg.aus)})
-        out.update({a: au[:, j] >= thr[j] for j, a in enumerate(cfg.aus)})
-    out.update({f"uncertainty_{k}": v for k, v in unc.items()})
-    out.update({f"ood_{k}": v for k, v in scores(pred, unc, reference).items()})
-    return out
+    return prediction_columns(pred, cfg, reference)
 
 
 def reference_embeddings(ws: Workspace, path: Path, device: str,

@@ -134,7 +134,7 @@ def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarr
     out_dir = Path(out_dir)
     files = {"metrics": out_dir / "metrics.json",
              "predictions": write_predictions(out_dir / "predictions.parquet", labeled, pred,
-                                              cfg.expressions, reference)}
+                                              cfg, reference)}
     if "expression" in result:
         m = arrays["expression_mask"]
         files["reliability"] = reliability_diagram(
@@ -151,24 +151,42 @@ def evaluate_models(models: Sequence[Any], labeled: LabeledSet, images: np.ndarr
     return result
 
 
+def prediction_columns(pred: dict[str, np.ndarray], cfg: Any,
+                       reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-sample columns of an :func:`ensemble` prediction by models of config ``cfg``: the
+    predicted expression and its probability, the class probabilities, VA, AU probabilities
+    and decisions, every uncertainty part and the out-of-distribution scores (the distance
+    one with ``reference`` embeddings)."""
+    from omnifer.train.ood import scores
+
+    out: dict[str, np.ndarray] = {}
+    if "expression_probs" in pred:
+        probs = pred["expression_probs"]
+        top = probs.argmax(1)
+        out["predicted"] = np.asarray(cfg.expressions, dtype=object)[top]
+        out["confidence"] = probs[np.arange(len(top)), top]
+        out.update({f"p_{c}": probs[:, j] for j, c in enumerate(cfg.expressions)})
+    if "va" in pred:
+        out["valence"], out["arousal"] = pred["va"][:, 0], pred["va"][:, 1]
+    if "au_probs" in pred:
+        au, thr = pred["au_probs"], pred["au_thresholds"]
+        out.update({f"{a}_prob": au[:, j] for j, a in enumerate(cfg.aus)})
+        out.update({a: au[:, j] >= thr[j] for j, a in enumerate(cfg.aus)})
+    unc = uncertainty(pred)
+    out.update({f"uncertainty_{k}": v for k, v in unc.items()})
+    out.update({f"ood_{k}": v for k, v in scores(pred, unc, reference).items()})
+    return out
+
+
 def write_predictions(path: Path, labeled: LabeledSet, pred: dict[str, np.ndarray],
-                      expressions: Sequence[str], reference: np.ndarray | None = None) -> Path:
-    """One row per sample: its id, the prediction, the class probabilities, VA, every
-    uncertainty part and the out-of-distribution scores, as Parquet."""
+                      cfg: Any, reference: np.ndarray | None = None) -> Path:
+    """One row per sample, its id and then :func:`prediction_columns`, as Parquet."""
     import pandas as pd
 
     from omnifer.artifacts import atomic_path
-    from omnifer.train.ood import scores
 
-    table = {"sample_id": labeled.table["sample_id"].to_numpy()}
-    if "expression_probs" in pred:
-        table["predicted"] = np.asarray(expressions)[pred["expression_probs"].argmax(1)]
-        table.update({f"p_{c}": pred["expression_probs"][:, j] for j, c in enumerate(expressions)})
-    if "va" in pred:
-        table["valence"], table["arousal"] = pred["va"][:, 0], pred["va"][:, 1]
-    unc = uncertainty(pred)
-    table.update({f"uncertainty_{k}": v for k, v in unc.items()})
-    table.update({f"ood_{k}": v for k, v in scores(pred, unc, reference).items()})
+    table = {"sample_id": labeled.table["sample_id"].to_numpy(),
+             **prediction_columns(pred, cfg, reference)}
     with atomic_path(path) as tmp:
         pd.DataFrame(table).to_parquet(tmp, index=False)
     return path
