@@ -72,6 +72,20 @@ def pool_file(args: argparse.Namespace, plant: float) -> str:
     return path
 
 
+def scale_arguments(p: argparse.ArgumentParser) -> None:
+    """The pool-scale benchmarks' shared options: an MS1MV2-sized pool with planted copies."""
+    p.add_argument("--n", type=int, default=5_800_000, help="pool rows")
+    p.add_argument("--dim", type=int, default=512, help="embedding dimension")
+    p.add_argument("--m", type=int, default=10_000, help="labeled rows")
+    p.add_argument("--classes", type=int, default=7)
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold and candidate floor")
+    p.add_argument("--plant", type=float, default=0.01,
+                   help="share of pool rows that are near copies of labeled rows")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default="/tmp/omnifer-bench-mine")
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process: prints a JSON line."""
     labeled, labels = labeled_set(args)
@@ -126,23 +140,16 @@ def measure(args: argparse.Namespace, path: str, rows: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=1_000_000, help="pool rows")
-    p.add_argument("--dim", type=int, default=512, help="embedding dimension")
-    p.add_argument("--m", type=int, default=10_000, help="labeled rows")
-    p.add_argument("--classes", type=int, default=7)
-    p.add_argument("--threshold", type=float, default=0.9, help="threshold and candidate floor")
-    p.add_argument("--k", type=int, default=10)
+    scale_arguments(p)
+    # 1M rows; a pool with planted copies is mined too only when --plant is given
+    p.set_defaults(n=1_000_000, plant=0.0)
     p.add_argument("--score", default="max", choices=engine.SCORES,
                    help="max: one planted near copy is enough to pass (random classes)")
-    p.add_argument("--plant", type=float, default=0.0,
-                   help="also mine a pool where this fraction of rows are near labeled rows")
     p.add_argument("--block", type=int, default=None, help="rows per block (default: engine's)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--rounds", type=int, default=1, help="repeats; medians are reported")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", action="store_true",
                    help="save each finished span as `omnifer mine` does (resumable pass)")
-    p.add_argument("--work-dir", default="/tmp/omnifer-bench-mine")
     p.add_argument("--child-pool", help=argparse.SUPPRESS)
     p.add_argument("--child-rows", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_mine import labeled_set, pool_file, vm_hwm_mb  # noqa: E402
+from bench_mine import labeled_set, pool_file, scale_arguments, vm_hwm_mb  # noqa: E402
 
 from omnifer.mining import engine  # noqa: E402
 from omnifer.pools.faiss_index import build_index, choose_factory, search_parameters  # noqa: E402
@@ -31,16 +31,8 @@ from omnifer.pools.faiss_index import build_index, choose_factory, search_parame
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=5_800_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--m", type=int, default=10_000)
-    p.add_argument("--classes", type=int, default=7)
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--plant", type=float, default=0.01)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    scale_arguments(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--work-dir", default="/tmp/omnifer-bench-mine")
     args = p.parse_args()
 
     labeled, labels = labeled_set(args)

@@ -125,3 +125,19 @@ def build_workspace(root):
     i = pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=s.pool)
     m = pipeline.mine(root, mine)
     return {"root": root, "synth": s, "train": t, "index": i, "mine": m, "mine_config": mine}
+
+
+@pytest.fixture
+def photo_pool(tmp_path):
+    """A folder pool of real photos: scikit-image's astronaut (one face) and a gray image
+    (none), for face detection."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("retinaface.weights")
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    pool = tmp_path / "photos"
+    pool.mkdir()
+    Image.fromarray(data.astronaut()).save(pool / "astronaut.jpg", quality=95)
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(pool / "gray.png")
+    return pool

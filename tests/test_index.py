@@ -152,16 +152,8 @@ def test_cli_index_builds_a_flat_index(pool, tiny_synth, tmp_path, run_cli):
     assert code != 0
 
 
-def test_detect_and_align_on_a_real_photo(model_dir, tmp_path, config_for):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("retinaface.weights")
-    data = pytest.importorskip("skimage.data")
-    from PIL import Image
-
-    pool = tmp_path / "photos"
-    pool.mkdir()
-    Image.fromarray(data.astronaut()).save(pool / "astronaut.jpg", quality=95)
-    Image.new("RGB", (200, 200), (128, 128, 128)).save(pool / "gray.png")
+def test_detect_and_align_on_a_real_photo(model_dir, tmp_path, config_for, photo_pool):
+    pool = photo_pool
     src = open_pool(pool)
     result = embed_pool(src, tmp_path / "run", config=config_for(pool, model_dir,
                         detect="retinaface"), workers=0)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from omnifer.data import read_labeled  # noqa: E402
-from omnifer.data.batches import augment  # noqa: E402
+from omnifer.data.batches import augment, augmentation  # noqa: E402
 from omnifer.data.cache import decoded_images  # noqa: E402
 from omnifer.errors import OmniferError  # noqa: E402
 from omnifer.train import TrainConfig, load_models, split_validation, train  # noqa: E402
@@ -69,10 +69,27 @@ def test_image_cache_is_reused(labeled, tmp_path):
 
 def test_augment_is_seeded_and_keeps_range():
     x = torch.rand(8, 3, 32, 32)
-    a = augment(x.clone(), torch.Generator().manual_seed(3))
-    b = augment(x.clone(), torch.Generator().manual_seed(3))
+    a = augment(x.clone(), augmentation(8, 32, torch.Generator().manual_seed(3)))
+    b = augment(x.clone(), augmentation(8, 32, torch.Generator().manual_seed(3)))
     assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
     assert not torch.equal(a, x)
+
+
+def test_a_part_of_a_batch_is_augmented_as_in_the_whole_batch():
+    from omnifer.data.batches import BatchMaker
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    maker = BatchMaker(images, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"))
+    rows = np.array([7, 3, 19, 0, 12, 5, 8, 1])
+    whole = maker(rows, generator=torch.Generator().manual_seed(1))
+    for part in (slice(0, 4), slice(4, 8)):
+        g = torch.Generator().manual_seed(1)
+        assert torch.equal(maker(rows, generator=g, part=part), whole[part])
+    # the generator moves on as far as for the whole batch
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    maker(rows, generator=g1, part=slice(0, 4))
+    maker(rows, generator=g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
 
 
 def test_teacher_learns_all_tasks_and_is_calibrated(teacher, labeled):
@@ -225,7 +242,7 @@ def test_cli_interrupted_train_resumes_the_same_run(tiny_synth, tmp_path, run_cl
     def interrupt(entry):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_train, "_epoch_line", interrupt)
+    monkeypatch.setattr(cli_train, "epoch_line", interrupt)
     code, _, err = run_cli(*args)
     assert code == 130 and "run the same command again to resume" in err
     monkeypatch.undo()

@@ -25,6 +25,7 @@ class Context:
     workspace_root: str | None
     as_json: bool
     quiet: bool
+    argv: tuple[str, ...] = ()  #: the command line's arguments, to start it again
 
     @property
     def workspace(self) -> Workspace:

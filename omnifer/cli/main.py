@@ -27,7 +27,8 @@ def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, 
     """Build facial-expression datasets the omni-supervised way."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = Context(workspace_root=workspace, as_json=as_json, quiet=quiet)
+    ctx.obj = Context(workspace_root=workspace, as_json=as_json, quiet=quiet,
+                      argv=tuple(ctx.obj or ()))
 
 
 def _register() -> None:
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("OMNIFER_DEBUG", "") not in ("", "0")
     previous = terminate_like_interrupt()
     try:
-        code = cli.main(args=argv, prog_name="omnifer", standalone_mode=False)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        code = cli.main(args=argv, prog_name="omnifer", standalone_mode=False, obj=tuple(argv))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
-                                make_config, num, pass_ctx)
-from omnifer.train.config import ANCHOR_RULES
+                                make_config, pass_ctx)
+from omnifer.cli.train_lines import epoch_line, generation_line, kind, summary
+from omnifer.train.config import ANCHOR_RULES, check_processes
 from omnifer.train.config import TrainConfig as D
 
 
@@ -73,20 +74,29 @@ from omnifer.train.config import TrainConfig as D
 @click.option("--resume/--fresh", default=True, show_default=True,
               help="Continue an unfinished run with the same options after its last complete "
                    "epoch, or start a new run.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1,
+              help="Train data-parallel in N processes on this machine (torchrun; one GPU "
+                   "each); --batch-size is the global batch. [1]")
 @pass_ctx
 def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: bool,
             teacher: str | None, config_file: str | None, on_bad_files: str | None,
-            resume: bool, **options: Any) -> None:
+            resume: bool, nproc_per_node: int, **options: Any) -> None:
     """Train the multitask FER model (expressions, valence/arousal, AUs) on partial labels."""
     from omnifer import pipeline
+    from omnifer.pipeline import launch
 
     config = make_config(D, config_file, **options)
+    if nproc_per_node > 1 and not launch.in_process_group():
+        check_processes(config.batch_size, nproc_per_node)
+        sys.exit(launch.torchrun(nproc_per_node, ctx.argv))
     rec = pipeline.train(ctx.workspace, config, data=data, extra=extra, teacher=teacher,
                          student=student, on_bad_files=on_bad_files, resume=resume,
-                         progress=ctx.progress, on_epoch=None if ctx.quiet else _epoch_line,
-                         on_generation=None if ctx.quiet else _generation_line)
+                         progress=ctx.progress, on_epoch=None if ctx.quiet or not launch.is_main() else epoch_line,
+                         on_generation=None if ctx.quiet else generation_line)
+    if not launch.is_main():
+        return
     c = rec.counts
-    lines = [f"trained {_kind(rec, student)} {rec.ref}: "
+    lines = [f"trained {kind(rec, student)} {rec.ref}: "
              f"{len(rec.members)} member(s), {c['train']} train / {c['val']} validation samples"
              + (f" ({c['draws_per_epoch']} drawn per epoch)"
                 if c["draws_per_epoch"] != c["train"] else "")
@@ -95,52 +105,13 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
         lines.append(f"  {len(rec.generations)} generations: {rec.ref}@g0 .. "
                      f"{rec.ref}@g{len(rec.generations) - 1}; the run's members are the last's")
     for k, val in enumerate(rec.validation):
-        lines.append(f"  member {k} validation: {_summary(val)}"
+        lines.append(f"  member {k} validation: {summary(val)}"
                      + ("  (best: @best)" if rec.members[k] == rec.model and len(rec.members) > 1
                         else ""))
     if len(rec.members) > 1:
-        lines.append(f"  ensemble validation: {_summary(rec.ensemble_validation[-1])}")
+        lines.append(f"  ensemble validation: {summary(rec.ensemble_validation[-1])}")
     lines.append(ctx.next(f"evaluate {rec.ref}"))
     ctx.emit({"run": rec.ref, "members": rec.members, "best": rec.model,
               "generations": rec.generations, "validation": rec.validation,
               "ensemble_validation": rec.ensemble_validation,
               "counts": c, "seconds": rec.train_seconds}, "\n".join(lines))
-
-
-def _kind(rec: Any, student: bool) -> str:
-    if rec.generations:
-        return f"{len(rec.generations)} generations of ensembles"
-    return "student" if student else "teacher"
-
-
-def _summary(val: dict[str, Any]) -> str:
-    parts = []
-    if "expression" in val:
-        e = val["expression"]
-        parts.append(f"acc {num(e['accuracy'], '.3f')} macro-F1 {num(e['macro_f1'], '.3f')} "
-                     f"ECE {num(e['ece_before'], '.3f')}->{num(e['ece_after'], '.3f')} "
-                     f"NLL {num(e['nll_after'], '.3f')}")
-    if "va" in val:
-        parts.append(f"CCC V {num(val['va']['ccc_valence'], '.3f')} "
-                     f"A {num(val['va']['ccc_arousal'], '.3f')}")
-    if "au" in val:
-        parts.append(f"AU F1 {num(val['au']['f1_mean'], '.3f')}")
-    return "; ".join(parts) or "no validation split"
-
-
-def _epoch_line(entry: dict[str, Any]) -> None:
-    from tqdm import tqdm
-
-    val = "  ".join(f"{k} {v:.3f}" for k, v in entry.get("val", {}).items())
-    gen = f"generation {entry['generation']} " if "generation" in entry else ""
-    tqdm.write(f"{gen}member {entry['member']} epoch {entry['epoch']}: loss "
-               f"{entry['loss']['total']:.4f}  {val}{'  *' if entry['best'] else ''}",
-               file=sys.stderr)
-
-
-def _generation_line(entry: dict[str, Any]) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"generation {entry['generation']} done ({entry['members']} members, "
-               f"{entry['seconds']:.0f}s): ensemble {_summary(entry['ensemble'])}",
-               file=sys.stderr)

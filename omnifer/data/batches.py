@@ -20,30 +20,46 @@ class BatchMaker:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, rows: np.ndarray, *, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
-        """Rows -> [B, 3, S, S] float (channels-last memory), augmented when ``generator``."""
+    def __call__(self, rows: np.ndarray, *, generator: torch.Generator | None = None,
+                 part: slice | None = None) -> torch.Tensor:
+        """Rows -> [B, 3, S, S] float (channels-last memory), augmented when ``generator``.
+
+        With ``part``, only those rows of the batch are made, augmented exactly as in the
+        whole batch (the generator draws for every row): a data-parallel rank's share."""
+        params = augmentation(len(rows), self.images.shape[1], generator) \
+            if generator is not None else None
+        if part is not None:
+            rows = rows[part]
+            params = params and {k: v[part] for k, v in params.items()}
         order = np.argsort(rows, kind="stable")  # sequential reads from the memory map
         data = np.empty((len(rows),) + self.images.shape[1:], dtype=np.uint8)
         data[order] = self.images[rows[order]]
         x = torch.from_numpy(data).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if generator is not None:
-            x = augment(x, generator)
+        if params is not None:
+            x = augment(x, params)
         return (x - self.mean) / self.std
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip, shift by up to 1/16 of the size, brightness and contrast."""
+def augmentation(b: int, s: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random parameters for ``b`` images of ``s`` pixels: horizontal flip, shift by up to
+    1/16 of the size, brightness and contrast gains."""
+    pad = max(1, s // 16)
+    flip = torch.rand(b, generator=generator) < 0.5
+    shift = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).T
+    gain = 0.8 + 0.4 * torch.rand(b, 2, generator=generator)
+    return {"flip": flip, "shift": shift, "gain": gain}
+
+
+def augment(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``x`` [B, 3, S, S] in [0, 1] augmented with :func:`augmentation`'s parameters."""
     b, _, s, _ = x.shape
-    g = generator
-    flip = torch.rand(b, generator=g) < 0.5
-    x = torch.where(flip.to(x.device).view(b, 1, 1, 1), x.flip(3), x)
+    x = torch.where(params["flip"].to(x.device).view(b, 1, 1, 1), x.flip(3), x)
     pad = max(1, s // 16)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=g).tolist()
-    x = torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
-    gain = (0.8 + 0.4 * torch.rand(b, 2, generator=g)).to(x.device)
+    shifts = params["shift"].tolist()
+    x = torch.stack([padded[i, :, dy:dy + s, dx:dx + s] for i, (dy, dx) in enumerate(shifts)])
+    gain = params["gain"].to(x.device)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * gain[:, 0].view(b, 1, 1, 1) + mean * gain[:, 1].view(b, 1, 1, 1)
     return x.clamp_(0.0, 1.0).contiguous(memory_format=torch.channels_last)

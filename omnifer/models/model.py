@@ -223,13 +223,19 @@ class EmbeddingNorm(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         if self.training and len(features) > 1:
             with torch.no_grad():
-                f = features.detach().float()
+                mean, var = self.batch_moments(features.detach().float())
                 w = max(self.momentum, 1.0 / float(self.batches + 1))
-                self.mean.lerp_(f.mean(0), w)
-                self.var.lerp_(f.var(0, unbiased=False), w)
+                self.mean.lerp_(mean, w)
+                self.var.lerp_(var, w)
                 self.batches += 1
         z = (features.float() - self.mean) * torch.rsqrt(self.var + self.eps)
         return F.normalize(z, dim=1).to(features.dtype)
+
+    @staticmethod
+    def batch_moments(f: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's mean and biased variance per feature (data-parallel training
+        replaces it with the moments over every process's rows)."""
+        return f.mean(0), f.var(0, unbiased=False)
 
 
 class MultitaskModel(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from omnifer.pipeline.embeddings import image_cache
 from omnifer.pipeline.predict import reference_embeddings
 from omnifer.pipeline.progress import Progress, bar
 from omnifer.records import EvaluateRun, TrainRun
+from omnifer.workspace import Run
 
 
 def train(workspace: Any = None, config: Any = None, *, data: Any = None,
@@ -29,11 +31,18 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
     With ``config.generations`` G > 1, generation 0 learns from ground truth (and from
     ``teacher`` only when one is named) and each later generation also from the mean soft
     labels of the previous generation's ensemble; the run's members are the last
-    generation's."""
+    generation's.
+
+    Started by ``torchrun`` (several processes), the processes train one model data-parallel
+    (:mod:`omnifer.train.distributed`): the same result as one process with the same
+    ``batch_size``, which is the global batch. Rank 0 records the run, shows progress and
+    calls ``on_generation``; ``on_epoch`` is called on every rank."""
     from omnifer.data import combine
     from omnifer.data.cache import decoded_images
+    from omnifer.device import resolve_device
     from omnifer.train import TrainConfig, load_models
-    from omnifer.train import train as train_loop
+    from omnifer.train.config import check_processes
+    from omnifer.train.distributed import join
 
     ws = resolve.workspace(workspace)
     config = config or TrainConfig()
@@ -42,6 +51,9 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
     if not student and teacher is None and config.kd != ("output",) and config.generations == 1:
         raise OmniferError(f"kd={','.join(config.kd)} needs a teacher; add --student (and "
                            "--teacher RUN) or --generations 2 or more")
+    ranks = join(resolve_device(config.device))
+    check_processes(config.batch_size, ranks.world)
+    progress = progress if ranks.main else None
     data = resolve.synth_output(ws, data, "labeled")
     inputs: dict[str, Any] = {"data": data}
     teachers, teacher_ref = [], None
@@ -55,34 +67,62 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
                 for ref in (data, *extra)]
     labeled = combine(sets) if len(sets) > 1 else sets[0]
     inputs["rows"] = resolve.rows_input(labeled)
-    with bar(progress, "decoding", "img") as update:  # cached for later runs
-        decoded_images(labeled, config.input_size, image_cache(ws), progress=update)
+    if ranks.main:
+        with bar(progress, "decoding", "img") as update:  # cached for later runs
+            decoded_images(labeled, config.input_size, image_cache(ws), progress=update)
+    ranks.barrier()
     paths = [resolve.data_path(ws, ref) for ref in (data, *extra)]
     inputs.update({f"with_{i}": p for i, p in enumerate(paths[1:])})
     run_config = {"train": dataclasses.asdict(config), "teacher": teacher_ref,
                   "data": [ws.portable(p) for p in paths]}
+    generations = functools.partial(
+        _generations, labeled, config=config, cache_dir=image_cache(ws), teachers=teachers,
+        progress=progress, on_epoch=on_epoch, on_generation=on_generation, ranks=ranks)
+    if not ranks.main:  # rank 0 opens the run and records it
+        path = ranks.share(None)
+        generations(Path(path))
+        ranks.barrier()
+        return TrainRun.from_run(Run(path))
     with ws.start_run("train", config=run_config, inputs=inputs, seed=config.seed,
                       device=config.device, resume=resume) as run:
-        results, folders = [], []
-        for g in range(config.generations):
-            out = run.path if config.generations == 1 else run.path / "generations" / str(g)
-            with bar(progress, "train" if config.generations == 1 else f"generation {g}",
-                     "step") as update:
-                result = train_loop(labeled, out, config=config, cache_dir=image_cache(ws),
-                                    teachers=teachers, progress=update, generation=g,
-                                    on_epoch=on_epoch and _tagged(on_epoch, g))
-            results.append(result)
-            if config.generations > 1:
-                folders.append(out)
-                _write_generation(out, g, result, on_generation)
-                teachers = load_models(out)
+        ranks.share(str(run.path))
+        results, folders = generations(run.path)
+        result = results[-1]
         best = _best_member(result.validation)
         run.complete(outputs={"model": result.members[best], "members": list(result.members),
                               "generations": folders},
-                     counts=result.counts, train_seconds=sum(r.seconds for r in results),
+                     counts={**result.counts, "processes": ranks.world},
+                     train_seconds=sum(r.seconds for r in results),
                      validation=result.validation, balance=result.balance,
                      ensemble_validation=[r.ensemble_validation for r in results])
+    ranks.barrier()
     return TrainRun.from_run(run)
+
+
+def _generations(labeled: Any, run_path: Path, *, config: Any, cache_dir: Path,
+                 teachers: Sequence[Any], progress: Progress | None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 on_generation: Callable[[dict[str, Any]], None] | None, ranks: Any
+                 ) -> tuple[list[Any], list[Path]]:
+    """Train every generation into ``run_path``; the results and generation folders."""
+    from omnifer.train import load_models
+    from omnifer.train import train as train_loop
+
+    results, folders = [], []
+    for g in range(config.generations):
+        out = run_path if config.generations == 1 else run_path / "generations" / str(g)
+        with bar(progress, "train" if config.generations == 1 else f"generation {g}",
+                 "step") as update:
+            result = train_loop(labeled, out, config=config, cache_dir=cache_dir,
+                                teachers=teachers, progress=update, generation=g,
+                                on_epoch=on_epoch and _tagged(on_epoch, g), ranks=ranks)
+        results.append(result)
+        if config.generations > 1:
+            folders.append(out)
+            if ranks.main:
+                _write_generation(out, g, result, on_generation)
+            teachers = load_models(out)
+    return results, folders
 
 
 def _tagged(on_epoch: Callable[[dict[str, Any]], None], generation: int

@@ -8,27 +8,31 @@ again writes exactly the shards an uninterrupted run would have written, and fil
 the pool later land in new shards of the next run. A key of an earlier run that the pool no
 longer lists (a renamed, moved or deleted file) is counted as ``vanished``; an image whose
 only embedding belonged to such a key is embedded again under its new key. A shard that is
-missing or cannot be read is left out and its keys are embedded again. An engine (:data:`ENGINES`: ``local`` or
-``ray``) reads the chunks; duplicates, counts, unreadable items and shard writing stay here.
+missing or cannot be read is left out and its keys are embedded again.
+
+An engine (:data:`ENGINES`: ``local`` or ``ray``) reads, embeds and writes the shards of the
+run's :class:`~omnifer.pools.plan.ShardPlan`; duplicates and counts are settled in one
+:class:`~omnifer.pools.ledger.Ledger` on the driver, so both engines write the same shards.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from omnifer.artifacts import ShardedWriter, fingerprint
 from omnifer.data.badfiles import BadFiles
+from omnifer.errors import OmniferError
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.engines import ENGINES
-from omnifer.pools.shards import (readable_shards, shard_table_columns, status_counts,
-                                  write_shard)
+from omnifer.pools.ledger import BadItem, Ledger
+from omnifer.pools.plan import ShardPlan
+from omnifer.pools.shards import readable_shards, shard_table_columns, status_counts
 from omnifer.pools.source import PoolSource
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 #: Unreadable items kept (key and reason) for the run's manifest; the count is always exact.
 MAX_BAD_ITEMS = 1000
+
+__all__ = ["MAX_BAD_ITEMS", "BadItem", "EmbedResult", "Progress", "embed_pool"]
 
 
 @dataclass
@@ -46,24 +52,16 @@ class EmbedResult:
     bad: list[dict[str, str]]  #: the first bad items: key, reason
 
 
-@dataclass(frozen=True)
-class BadItem:
-    """A pool item that could not be read or decoded."""
-
-    key: str
-    reason: str | None
-
-    def __str__(self) -> str:
-        return f"pool item {self.key}: {self.reason}"
-
-
 def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
                inherited: Sequence[Path] = (), workers: int = 2, on_bad_files: str = "warn",
-               engine: str = "local", progress: Progress | None = None) -> EmbedResult:
+               engine: str = "local", progress: Progress | None = None,
+               engine_options: Mapping[str, Any] | None = None) -> EmbedResult:
     """Embed every key of ``source`` not already in ``inherited`` shards or finished shards of
     ``out_dir``; returns all shard tables of the pool and the counts of the run (the items of
-    its earlier invocations included)."""
+    its earlier invocations included). ``engine_options`` go to the engine (the ray engine's
+    ``block``: keys per Ray task)."""
     run = ENGINES.get(engine)
+    options = _engine_options(engine, run, engine_options or {})
     bad = BadFiles(on_bad_files, what="unreadable pool item", keep=MAX_BAD_ITEMS,
                    fix="pass --on-bad-files skip (or warn) to skip unreadable items and count "
                        "them")
@@ -88,51 +86,24 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     for item in source.unlisted():
         counts["bad"] += 1
         bad.add(BadItem(item.key, item.error))
-    embed = _DriverEmbedder(config)
-    for j, shard_keys in enumerate(shards):
-        rows, embeddings, pending = [], [], []
-        for chunk, emb in run(source, shard_keys, config=config, workers=workers):
-            for s in chunk.skipped:
-                counts[s["status"]] += 1
-                if s["status"] == "bad":
-                    bad.add(BadItem(s["key"], s["reason"]))
-            keep = _first_seen(chunk.rows, seen)
-            counts["duplicates"] += keep.count(False)
-            counts["faces"] += keep.count(True)
-            if emb is None:  # the engine left embedding to the driver: duplicates left out
-                pending.append(chunk.images[np.flatnonzero(keep)])
-                if sum(map(len, pending)) >= config.batch_size:
-                    embeddings.append(embed(np.concatenate(pending)))
-                    pending = []
-            else:
-                embeddings.append(emb[np.flatnonzero(keep)])
-            rows += chunk.rows + chunk.skipped
-            counts["items"] += len({r["key"] for r in chunk.rows + chunk.skipped})
-            if progress:
-                progress(counts["reused"] + counts["items"], len(keys))
-        if pending:
-            embeddings.append(embed(np.concatenate(pending)))
-        write_shard(writer, start + j, rows, embeddings)
+    ledger = Ledger(seen=seen, counts=counts, bad=bad, total=len(keys), progress=progress)
+    run(ShardPlan(source, config, writer, start, shards), ledger, workers=workers, **options)
     bad.close()
     shard_paths = [p for p in [*inherited, *writer.shard_paths()] if p not in damaged]
     return EmbedResult(shard_paths, counts,
                        time.perf_counter() - t0, [asdict(item) for item in bad.items])
 
 
-class _DriverEmbedder:
-    """The model on the driver, loaded when an engine first leaves embedding to it."""
-
-    def __init__(self, config: EmbedConfig) -> None:
-        self.config = config
-        self.embedder: Any = None
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self.embedder is None:
-            from omnifer.models.embedder import Embedder
-
-            self.embedder = Embedder(self.config.model, device=self.config.device,
-                                     batch_size=self.config.batch_size)
-        return self.embedder(images)
+def _engine_options(engine: str, run: Callable[..., None],
+                    options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against what ``engine`` takes: an unknown one is a one-line error."""
+    known = [p for p in inspect.signature(run).parameters
+             if p not in ("plan", "ledger", "workers")]
+    wrong = sorted(set(options) - set(known))
+    if wrong:
+        raise OmniferError(f"the {engine} engine has no option {', '.join(map(repr, wrong))}; "
+                           f"its options are: {', '.join(known) or 'none'}")
+    return dict(options)
 
 
 def _earlier_work(shards: Sequence[Path], keys: Sequence[str]
@@ -150,15 +121,3 @@ def _earlier_work(shards: Sequence[Path], keys: Sequence[str]
     seen = {i for k, i, s in rows if s == "ok" and k in current}
     done = {k for k, i, s in rows if k in current and (s != "duplicate" or i in seen)}
     return done, seen, {k for k, _, _ in rows if k not in current}
-
-
-def _first_seen(rows: list[dict[str, Any]], seen: set[str]) -> list[bool]:
-    """Mark rows ok or duplicate (an image whose bytes an earlier key already had)."""
-    owner: dict[str, str] = {}
-    keep = []
-    for r in rows:
-        first = r["id"] not in seen and owner.setdefault(r["id"], r["key"]) == r["key"]
-        r["status"] = "ok" if first else "duplicate"
-        keep.append(first)
-    seen.update(owner)
-    return keep

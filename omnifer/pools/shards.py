@@ -71,8 +71,21 @@ def readable_shards(paths: Sequence[Path]) -> list[Path]:
 
 def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],
                 embeddings: list[np.ndarray]) -> None:
-    """Write shard ``index``: the embeddings first, then the table, which marks it complete."""
+    """Write shard ``index`` (:func:`write_shard_files`), then mark it complete in the writer's
+    ``progress.json``."""
+    writer.mark_done(index, rows=write_shard_files(writer.path(index), rows, embeddings))
+
+
+def write_shard_files(path: Path, rows: list[dict[str, Any]],
+                      embeddings: list[np.ndarray]) -> int:
+    """Write the files of one shard: the embeddings (``.npy``) first, then the table at
+    ``path``; returns its number of rows.
+
+    Each file is replaced atomically, so a killed writer leaves the shard as it was. Marking
+    the shard complete is left to the one process that owns the run's ``progress.json``.
+    """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float16)
     row, n = [], 0
@@ -80,7 +93,7 @@ def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],
         row.append(n if r["status"] == "ok" else -1)
         n += r["status"] == "ok"
     if n != len(emb):
-        raise RuntimeError(f"shard {index}: {n} ok rows but {len(emb)} embeddings")
+        raise RuntimeError(f"shard {path.name}: {n} ok rows but {len(emb)} embeddings")
     table = pa.table({
         "key": pa.array([r["key"] for r in rows], pa.string()),
         "id": pa.array([r.get("id") for r in rows], pa.string()),
@@ -92,7 +105,9 @@ def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],
         "det_score": pa.array([r.get("det_score") for r in rows], pa.float32()),
         "row": pa.array(row, pa.int64()),
     })
-    with atomic_path(writer.path(index).with_suffix(".npy")) as tmp:
+    with atomic_path(path.with_suffix(".npy")) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, emb)
-    writer.write_table(index, table)  # marks the shard complete
+    with atomic_path(path) as tmp:  # the table last: a table in place has its embeddings
+        pq.write_table(table, tmp)
+    return table.num_rows

@@ -169,3 +169,12 @@ def check_mc_dropout(passes: int, rate: float | None) -> None:
                            "--mc-dropout 20")
     if rate is not None and not 0.0 < float(rate) < 1.0:
         raise OmniferError(f"mc_rate is {rate}; use a dropout rate in (0, 1), e.g. --mc-rate 0.2")
+
+
+def check_processes(batch_size: int, processes: int) -> None:
+    """One line when a global batch does not split evenly over data-parallel processes."""
+    if batch_size % processes:
+        raise OmniferError(
+            f"batch size {batch_size} does not split evenly over {processes} processes; use a "
+            f"multiple of {processes}, e.g. --batch-size "
+            f"{max(processes, batch_size // processes * processes)}")

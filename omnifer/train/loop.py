@@ -38,7 +38,8 @@ from omnifer.models import (ModelConfig, MultitaskModel, build_model, load_check
                             load_models, resolve_device, save_checkpoint)
 from omnifer.train import evaluate as E
 from omnifer.train.calibration import fit_temperature
-from omnifer.train.config import TrainConfig
+from omnifer.train.config import TrainConfig, check_processes
+from omnifer.train.distributed import Ranks, gather_parts
 from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
 
 log = logging.getLogger(__name__)
@@ -140,16 +141,20 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
           cache_dir: str | Path, teachers: Sequence[MultitaskModel] = (),
           soft_targets: dict[str, torch.Tensor] | None = None,
           progress: Progress | None = None, generation: int = 0,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          ranks: Ranks = Ranks()) -> TrainResult:
     """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there.
 
     ``soft_targets``: precomputed per-row targets in the form of :func:`teacher_soft_targets`
     (e.g. ``{"expression": probs [N, C]}`` at ``config.temperature``), used instead of
     ``teachers`` in the distillation terms of the loss. ``generation`` gives the members of
-    each generation their own seeds (the validation split stays the same)."""
+    each generation their own seeds (the validation split stays the same). ``ranks``: this
+    process's place in data-parallel training (:mod:`omnifer.train.distributed`); only rank 0
+    writes, and only its result carries validation metrics."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    device = resolve_device(config.device)
+    device = ranks.device(resolve_device(config.device))
+    check_processes(config.batch_size, ranks.world)
     if len(labeled) < 2:
         raise OmniferError(f"the training data has {len(labeled)} sample(s); it needs at least 2")
     if teachers and soft_targets is not None:
@@ -158,8 +163,9 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     mcfg = model_config_for(labeled, config, teachers[0].config if teachers else None)
 
     train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed)
-    atomic_write_json(out_dir / "split.json", {
-        "val_sample_ids": labeled.table["sample_id"].to_numpy()[val_rows].tolist()})
+    if ranks.main:
+        atomic_write_json(out_dir / "split.json", {
+            "val_sample_ids": labeled.table["sample_id"].to_numpy()[val_rows].tolist()})
     arrays = E.align_aus(labeled.arrays(), labeled.aus, mcfg.aus)
     labels = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in LABEL_KEYS}
     images = decoded_images(labeled, mcfg.input_size, cache_dir)
@@ -167,10 +173,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
 
     targets = None if soft_targets is None else _check_targets(soft_targets, len(labeled), mcfg)
     if teachers:
-        path = out_dir / "teacher_targets.pt"
-        if path.is_file():
-            targets = torch.load(path, weights_only=True)
-        else:
+        path = out_dir / "teacher_targets.pt"  # computed once, by rank 0, read by all
+        if ranks.main and not path.is_file():
             tcfg = teachers[0].config  # the teachers see images at their own input size
             teacher_maker = maker if tcfg.input_size == mcfg.input_size else BatchMaker(
                 decoded_images(labeled, tcfg.input_size, cache_dir), mean=tcfg.mean,
@@ -179,6 +183,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
                                            len(labeled), temperature=config.temperature,
                                            embeddings="structural" in config.kd)
             save_torch(targets, path)
+        ranks.barrier()
+        targets = torch.load(path, weights_only=True)
 
     sub = {k: v[train_rows] for k, v in arrays.items()}
     weights, balance = None, None
@@ -217,7 +223,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
             weights=weights, draws=draws, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
             progress=(lambda done, _t, k=k: progress(k * steps * config.epochs + done,
                                                      total_steps)) if progress else None,
-            on_epoch=on_epoch)
+            on_epoch=on_epoch, ranks=ranks)
         members.append(member_dir / "model")
         histories.append(history)
         validation.append(val)
@@ -226,7 +232,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
               "members": config.ensemble, **{f"labeled_{t}": int(m.any(axis=-1).sum()
                                              if m.ndim > 1 else m.sum())
                                              for t, m in labeled.masks().items()}}
-    ensemble_val = _ensemble_validation(members, maker, val_rows, arrays, device)
+    ensemble_val = _ensemble_validation(members, maker, val_rows, arrays, device) \
+        if ranks.main else {}
     return TrainResult(out_dir, members, mcfg, validation, ensemble_val, histories, counts,
                        balance, time.perf_counter() - t_start)
 
@@ -276,12 +283,13 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
                   targets: dict[str, torch.Tensor] | None, train_rows: np.ndarray,
                   val_rows: np.ndarray, arrays: dict[str, np.ndarray], weights: np.ndarray | None,
                   draws: int, loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
-                  progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None,
+                  ranks: Ranks) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     state_path, ckpt_dir = member_dir / "state.pt", member_dir / "model"
     model = build_model(mcfg, weights=config.weights, seed=seed).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net = ranks.wrap(model, device)  # before the optimizer: it may replace batch norms
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config, steps))
@@ -313,7 +321,7 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         while not st["done"] and st["epoch"] < config.epochs:
             torch.manual_seed(seed + st["epoch"])  # dropout: the same after a resume
-            model.train()
+            net.train()
             if sample_w is not None:
                 order = train_t[torch.multinomial(sample_w, draws, True, generator=gen)]
             else:
@@ -322,13 +330,14 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
             t0 = time.perf_counter()
             for step in range(steps):
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                x = maker(idx.numpy(), generator=gen if config.augment else None)
+                x = maker(idx.numpy(), generator=gen if config.augment else None,
+                          part=ranks.part(len(idx)) if ranks.world > 1 else None)
                 batch = {key: v[idx].to(device, non_blocking=True) for key, v in labels.items()}
                 teacher = ({key: v[idx].to(device, non_blocking=True) for key, v in targets.items()}
                            if targets is not None else None)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    out = model(x)
-                out = {key: v.float() for key, v in out.items()}
+                    out = net(x)
+                out = gather_parts({key: v.float() for key, v in out.items()})
                 losses = multitask_loss(out, batch, config=loss_cfg, au_pos_weight=pos_weight,
                                         teacher=teacher)
                 opt.zero_grad(set_to_none=True)
@@ -350,7 +359,8 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
                      "train_seconds": train_seconds, "train_samples": steps * config.batch_size,
                      "lr": sched.get_last_lr()[0]}
             if len(val_rows):
-                val = E.task_metrics(_predict(model, maker, val_rows), _rows(arrays, val_rows),
+                pred = ranks.gather_rows(lambda rows: E.predict(model, maker, rows), val_rows)
+                val = E.task_metrics(E.ensemble([model], [pred]), _rows(arrays, val_rows),
                                      expressions=mcfg.expressions, aus=mcfg.aus)
                 entry["val_score"] = E.score(val)
                 entry["val"] = _brief(val)
@@ -359,24 +369,29 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
             entry["best"] = entry["val_score"] > st["best"]
             if entry["best"]:
                 st["best"], st["bad_epochs"] = entry["val_score"], 0
-                save_checkpoint(model, ckpt_dir)
+                if ranks.main:
+                    save_checkpoint(model, ckpt_dir)
             else:
                 st["bad_epochs"] += 1
             st["history"].append(entry)
             if config.patience and st["bad_epochs"] >= config.patience:
                 log.info("member %d: early stop after epoch %d", k, st["epoch"])
                 st["done"] = True
-            _save_state(state_path, model, opt, sched, gen, st)
-            atomic_write_json(member_dir / "history.json", st["history"])
+            if ranks.main:
+                _save_state(state_path, model, opt, sched, gen, st)
+                atomic_write_json(member_dir / "history.json", st["history"])
             if on_epoch:
                 on_epoch(entry)
 
-    model = load_checkpoint(ckpt_dir, device=device)
-    val = _calibrate(model, maker, val_rows, arrays)
-    save_checkpoint(model, ckpt_dir)
-    if not st["done"]:
-        st["done"] = True
-        _save_state(state_path, model, opt, sched, gen, st)
+    val: dict[str, Any] = {}
+    if ranks.main:
+        model = load_checkpoint(ckpt_dir, device=device)
+        val = _calibrate(model, maker, val_rows, arrays)
+        save_checkpoint(model, ckpt_dir)
+        if not st["done"]:
+            st["done"] = True
+            _save_state(state_path, model, opt, sched, gen, st)
+    ranks.barrier()  # the member's checkpoint is written before any rank goes on
     return st["history"], val
 
 
@@ -387,7 +402,7 @@ def _calibrate(model: MultitaskModel, maker: BatchMaker, val_rows: np.ndarray,
 
     if not len(val_rows):
         return {}
-    pred, a = _predict(model, maker, val_rows, raw=True), _rows(arrays, val_rows)
+    pred, a = E.predict(model, maker, val_rows), _rows(arrays, val_rows)
     m = a["expression_mask"]
     temperature = fit_temperature(pred["expression"][m], a["expression"][m]) \
         if "expression" in pred and m.sum() >= 10 else None
@@ -396,12 +411,6 @@ def _calibrate(model: MultitaskModel, maker: BatchMaker, val_rows: np.ndarray,
     model.calibrated(temperature=temperature, au_thresholds=thresholds)
     return E.task_metrics(E.ensemble([model], [pred]), a, expressions=model.config.expressions,
                           aus=model.config.aus)
-
-
-def _predict(model: MultitaskModel, maker: BatchMaker, rows: np.ndarray, *, raw: bool = False
-             ) -> dict[str, np.ndarray]:
-    pred = E.predict(model, maker, rows)
-    return pred if raw else E.ensemble([model], [pred])
 
 
 def _rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,7 +1,10 @@
-"""The local engine: chunks of keys read in DataLoader worker processes on this machine.
+"""The local engine: chunks of keys read in DataLoader worker processes on this machine, the
+model on the driver.
 
-It hands back chunks without embeddings; the driver (``embed_pool``) embeds the crops in
-batches, duplicates left out. Workers end when the driver process dies.
+:func:`local_shards` writes a run's shards one after the other: the chunks of each shard are
+read by :func:`local_chunks`, settled in the run's ledger (duplicates, counts), and their kept
+crops embedded on the driver in batches (duplicates left out). Workers end when the driver
+process dies.
 """
 
 from __future__ import annotations
@@ -11,9 +14,15 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from omnifer.data.workers import exit_with_parent
+from omnifer.pools.batching import ChunkBatcher
 from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
 from omnifer.pools.embed_config import EmbedConfig
+from omnifer.pools.ledger import Ledger
+from omnifer.pools.plan import ShardPlan
+from omnifer.pools.shards import write_shard
 from omnifer.pools.source import PoolSource
 
 
@@ -31,6 +40,23 @@ class ChunkDataset:
         return read_chunk(self.source, self.chunks[i], size=self.size, detector=self.detector)
 
 
+def local_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 2) -> None:
+    """Write every shard of ``plan``, in order, each marked complete once written."""
+    embed = DriverEmbedder(plan.config)
+    for j, shard_keys in enumerate(plan.shards):
+        rows: list[dict[str, Any]] = []
+        embeddings: list[np.ndarray] = []
+        batcher = ChunkBatcher(embed, plan.config.batch_size)
+        for chunk, _ in local_chunks(plan.source, shard_keys, config=plan.config,
+                                     workers=workers):
+            keep = ledger.settle(chunk.rows, chunk.skipped)
+            embeddings += batcher.add(chunk.images[np.flatnonzero(keep)])
+            rows += chunk.rows + chunk.skipped
+            ledger.report()
+        embeddings += batcher.finish()
+        write_shard(plan.writer, plan.index(j), rows, embeddings)
+
+
 def local_chunks(source: PoolSource, keys: list[str], *, config: EmbedConfig,
                  workers: int = 2) -> Iterator[tuple[Chunk, None]]:
     """``(Chunk, None)`` of ``keys[i:i + CHUNK]`` for each ``i``, in order, read by ``workers``
@@ -44,6 +70,22 @@ def local_chunks(source: PoolSource, keys: list[str], *, config: EmbedConfig,
                         worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     for chunk in loader:
         yield chunk, None
+
+
+class DriverEmbedder:
+    """The model on the driver, loaded when the first batch is embedded."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        self.config = config
+        self.embedder: Any = None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.embedder is None:
+            from omnifer.models.embedder import Embedder
+
+            self.embedder = Embedder(self.config.model, device=self.config.device,
+                                     batch_size=self.config.batch_size)
+        return self.embedder(images)
 
 
 def _identity(x: Any) -> Any:
