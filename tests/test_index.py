@@ -201,3 +201,13 @@ def test_fast_jpeg_decoding_matches_pil(tmp_path):
     assert _decode_jpeg(broken) is None
     image, reason = decode(PoolItem("k", broken))
     assert image is None and reason.startswith("cannot decode image")
+
+
+def test_default_reading_workers_leave_the_model_its_cores():
+    from omnifer.pools.config import IndexConfig
+
+    c = IndexConfig()
+    # on a CPU the model takes every core: two are left to it, so 2 cores read in-process
+    assert [c.resolved_workers(n, gpu=False) for n in (1, 2, 3, 6, 16)] == [0, 0, 1, 4, 8]
+    assert [c.resolved_workers(n, gpu=True) for n in (1, 2, 6, 32)] == [0, 1, 5, 8]
+    assert IndexConfig(workers=3).resolved_workers(2, gpu=False) == 3

@@ -29,7 +29,7 @@ from omnifer.pools.config import IndexConfig as D
               help="Faces per model call [64 on CPU, where larger batches run slower; 256 on GPU].")
 @click.option("--shard-size", type=int, default=None,
               help=f"Pool items per resumable shard [{D.shard_size}].")
-@click.option("--workers", type=int, default=None, help="Decoding processes [CPU count - 1, max 8].")
+@click.option("--workers", type=int, default=None, help="Reading processes [GPU: CPU count - 1; CPU: CPU count - 2; max 8].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default=None, help=f"[{D.engine}]")
 @click.option("--factory", default=None,
               help=f"FAISS factory string, or auto (flat up to 1M vectors, approximate above) "

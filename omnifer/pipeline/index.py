@@ -47,7 +47,8 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
                       device=config.device) as run:
         with bar(progress, "embedding", "img") as update:
             result = embed_pool(src, run.path, config=embed, inherited=inherited,
-                                workers=config.resolved_workers(os.cpu_count() or 1),
+                                workers=config.resolved_workers(os.cpu_count() or 1,
+                                                                is_gpu(config.device)),
                                 on_bad_files=config.on_bad_files, engine=config.engine,
                                 progress=update)
         emb, ids, n = gather(result.shards, set(src.keys()), run.path)

@@ -24,7 +24,9 @@ class IndexConfig(StageConfig):
     column: str | None = None  #: image column of tsv/parquet/hf pools
     batch_size: int | None = None  #: faces per model call; None: 64 on CPU, 256 on GPU
     shard_size: int = 8192  #: pool items per resumable shard
-    workers: int | None = None  #: decoding processes; None: CPU count - 1, at most 8
+    #: reading processes; None: on a GPU, CPU count - 1; on a CPU, CPU count - 2 (0 on 2 CPUs:
+    #: reading in the main process); at most 8
+    workers: int | None = None
     engine: str = "local"
     factory: str = "auto"  #: FAISS factory string; auto: flat up to 1M vectors
     device: str = "auto"
@@ -46,6 +48,11 @@ class IndexConfig(StageConfig):
         """The batch size: as set, else 256 on GPU and 64 on CPU (larger runs slower there)."""
         return self.batch_size or (256 if gpu else 64)
 
-    def resolved_workers(self, cpus: int) -> int:
-        """Decoding processes: as set, else one core left to the model, at most 8."""
-        return self.workers if self.workers is not None else min(8, cpus - 1)
+    def resolved_workers(self, cpus: int, gpu: bool) -> int:
+        """Reading processes: as set, else at most 8, leaving the model one core on a GPU and
+        two on a CPU, where it runs on every core: reading processes beside it slow it
+        down more than reading costs, so on 2 CPUs the main process reads between batches
+        (docs/benchmarks.md, embedding against its ceiling)."""
+        if self.workers is not None:
+            return self.workers
+        return max(0, min(8, cpus - (1 if gpu else 2)))
