@@ -89,10 +89,11 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
     if nproc_per_node > 1 and not launch.in_process_group():
         check_processes(config.batch_size, nproc_per_node)
         sys.exit(launch.torchrun(nproc_per_node, ctx.argv))
+    lines_off = ctx.quiet or not launch.is_main()  # one process prints
     rec = pipeline.train(ctx.workspace, config, data=data, extra=extra, teacher=teacher,
                          student=student, on_bad_files=on_bad_files, resume=resume,
-                         progress=ctx.progress, on_epoch=None if ctx.quiet or not launch.is_main() else epoch_line,
-                         on_generation=None if ctx.quiet else generation_line)
+                         progress=ctx.progress, on_epoch=None if lines_off else epoch_line,
+                         on_generation=None if lines_off else generation_line)
     if not launch.is_main():
         return
     c = rec.counts

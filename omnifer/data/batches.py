@@ -30,7 +30,8 @@ class BatchMaker:
             if generator is not None else None
         if part is not None:
             rows = rows[part]
-            params = params and {k: v[part] for k, v in params.items()}
+            if params is not None:
+                params = {k: v[part] for k, v in params.items()}
         order = np.argsort(rows, kind="stable")  # sequential reads from the memory map
         data = np.empty((len(rows),) + self.images.shape[1:], dtype=np.uint8)
         data[order] = self.images[rows[order]]
