@@ -76,11 +76,13 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict:
     return out
 
 
-def table(results: list[dict]) -> str:
-    def cell(values: list[float]) -> str:
-        return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-                if len(values) > 1 else f"{values[0]:.3f}")
+def cell(values: list[float]) -> str:
+    """A table cell: the mean ± the standard deviation over seeds (the value for one seed)."""
+    return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+            if len(values) > 1 else f"{values[0]:.3f}")
 
+
+def table(results: list[dict]) -> str:
     names = ["macro-F1", "mean CCC", "ECE", "NLL", "Brier", "error AUROC", "epistemic"]
     lines = ["| generation | model | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]

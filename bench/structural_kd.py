@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from generations import cell  # noqa: E402  (bench/ is the script's folder)
 
 from omnifer import pipeline
 from omnifer.artifacts import atomic_write_json
@@ -67,10 +68,6 @@ def _finished(ws: Path, config: TrainConfig) -> object | None:
 
 
 def table(results: list[dict], arms: list[str]) -> str:
-    def cell(values: list[float]) -> str:
-        return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-                if len(values) > 1 else f"{values[0]:.3f}")
-
     lines = ["| model | macro-F1 | mean CCC | training s |", "|---|---|---|---|"]
     for arm in ("teacher", *arms):
         rows = [r[arm] for r in results]
