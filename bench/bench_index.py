@@ -379,7 +379,7 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
         embedder(images[:batch_size])
         out[f"model on {batch_size}-image batches, {th} threads, images/s"] = \
             bare(embedder, images)
-        embs = [embedder(images)]
+        embs = [embedder.features(images)]
     rows = [{"key": k, "id": str(i), "face": 0, "status": "ok"} for i, k in enumerate(keys)]
     with tempfile.TemporaryDirectory() as tmp:
         writer = ShardedWriter(Path(tmp) / "shards", config_fingerprint="bench")

@@ -16,6 +16,10 @@ setting runs ``omnifer mine`` in that workspace and joins the mined set with
 
 ``--setting`` runs ``omnifer mine`` with exactly those flags (plus ``--extra``); "" is the
 default run. Per-class true precision and counts are reported too.
+
+``--ood`` also measures how well each out-of-distribution score of mining tells the pool's
+non-faces and heavily occluded faces from its clear faces (AUROC over the whole pool, the
+low-scoring faces as positives): the k-th labeled neighbour's cosine and the feature norm.
 """
 
 from __future__ import annotations
@@ -69,6 +73,39 @@ def score(result: dict, truth: pd.DataFrame) -> dict:
                                                 c["class"] for c in result["thresholds"]))}}
 
 
+def ood_separation(ws: Path, truth: pd.DataFrame, k: int = 10) -> dict[str, dict[str, float]]:
+    """AUROC of each out-of-distribution score of mining (low = out), non-faces and heavily
+    occluded faces each against the pool's clear faces."""
+    import numpy as np
+
+    from omnifer import metrics
+    from omnifer.mining.engine import evidence
+    from omnifer.pipeline import resolve
+    from omnifer.pipeline.embeddings import labeled_features
+    from omnifer.pipeline.mine import pool_feature_norms
+    from omnifer.pools.index import load_index_outputs
+
+    w = resolve.workspace(ws)
+    index = resolve.run(w, None, "index")
+    pool, ids = load_index_outputs(index.embeddings, index.ids)
+    data = resolve.read_data(w, resolve.synth_output(w, None, "labeled", "--labeled"))
+    data = data.subset(data.masks()["expression"])
+    labeled, labeled_norms = labeled_features(w, data, index.model, "cpu")
+    labels = data.table["expression"].to_numpy(np.int64)
+    ev = evidence(pool, labeled, labels, len(data.expressions), k=k, floor=-1.0)
+    kth = np.full(len(pool), np.nan)
+    kth[ev.rows] = ev.neighbour_scores[:, -1]
+    scores = {"k-th neighbour cosine": kth, "feature norm": pool_feature_norms(ids)}
+    kind = truth.set_index("file").loc[ids["key"], "kind"].to_numpy()
+    out = {}
+    for name, value in scores.items():
+        out[name] = {}
+        for what in ("nonface", "occluded"):
+            sel = np.isin(kind, ["face", what])
+            out[name][what] = metrics.auroc(-value[sel], kind[sel] == what)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", default="demo")
@@ -78,11 +115,18 @@ def main() -> None:
                     help="a run with exactly these flags (\"\" : the default run); repeatable")
     ap.add_argument("--extra", default="", help="more omnifer mine flags, e.g. '--k 20'")
     ap.add_argument("--out", default=None, help="JSON results [WORKSPACE/mine_synth.json]")
+    ap.add_argument("--ood", action="store_true",
+                    help="AUROC of the out-of-distribution scores against the pool's truth")
     args = ap.parse_args()
     ws = Path(args.workspace)
     synth = Workspace(ws).latest("synth")
     truth = pd.read_parquet(synth.outputs["pool_truth"])
     extra = shlex.split(args.extra)
+    if args.ood:
+        print("| score | non-faces against clear faces | heavily occluded against clear faces |")
+        print("|---|---|---|")
+        for name, auc in ood_separation(ws, truth).items():
+            print(f"| {name} | {auc['nonface']:.3f} | {auc['occluded']:.3f} |")
     rows = []
     for flags in args.setting:
         r = run_mine(ws, [*shlex.split(flags), *extra])

@@ -44,8 +44,20 @@ def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path, config_for
     from PIL import Image
 
     img = np.asarray(Image.open(pool / keys[3]).convert("RGB").resize((32, 32), Image.BILINEAR))
-    direct = Embedder(model_dir, device="cpu")(img[None])
+    direct, norms = Embedder(model_dir, device="cpu").features(img[None])
     assert np.allclose(direct[0].astype(np.float32), emb[3].astype(np.float32), atol=2e-3)
+    # each face's feature norm: the norm of the model's features, beside its embedding
+    import pyarrow.parquet as pq
+
+    recorded = pq.read_table(tmp_path / "ids.parquet").column("feature_norm").to_numpy()
+    model = Embedder(model_dir, device="cpu").model
+    x = (torch.from_numpy(np.array(img[None])).permute(0, 3, 1, 2).float() / 255
+         - torch.tensor(model.config.mean).view(1, 3, 1, 1)) / torch.tensor(
+        model.config.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expect = model.features(x).norm(dim=1).item()
+    assert norms[0] == pytest.approx(expect, rel=1e-5)
+    assert recorded[3] == pytest.approx(expect, rel=1e-3) and (recorded > 0).all()
 
 
 def test_workers_give_the_same_embeddings(pool, model_dir, tmp_path, config_for):

@@ -250,6 +250,51 @@ def test_out_of_distribution_faces_are_rejected():
     assert (~distractor[on.rows]).sum() >= 0.95 * (~distractor[off.rows]).sum()
 
 
+def test_faces_with_weak_features_are_rejected_by_their_norm():
+    """Pool faces whose embedding lies among the labeled faces but whose feature norm is below
+    the labeled faces' ood_quantile are out of distribution; without norms they are mined."""
+    rng = np.random.default_rng(1)
+    centres = unit(rng.standard_normal((3, 16)))
+    labeled, labels = clusters(60, 0.1, rng, centres)
+    pool, truth = clusters(100, 0.1, rng, centres)
+    pool = pool.astype(np.float16)
+    labeled_norms = rng.uniform(8, 12, len(labeled)).astype(np.float32)
+    pool_norms = rng.uniform(10, 12, len(pool)).astype(np.float32)  # above the cut
+    weak = rng.random(len(pool)) < 0.2
+    pool_norms[weak] = rng.uniform(2, 5, weak.sum())
+    cfg = MineConfig(threshold=0.3, calibrate=False, duplicate_threshold=None, k=5,
+                     ood_quantile=0.05)
+    off = mine(pool, labeled, labels, classes=CLASSES, config=cfg)
+    on = mine(pool, labeled, labels, classes=CLASSES, config=cfg, pool_norms=pool_norms,
+              labeled_norms=labeled_norms)
+    assert weak[off.rows].sum() > 0.15 * len(pool) and weak[on.rows].sum() == 0
+    assert set(off.rows[~weak[off.rows]]) == set(on.rows)  # the others stay
+    assert on.counts["ood_low_feature_norm"] == weak[off.rows].sum()
+    assert on.norm_cut == pytest.approx(np.quantile(labeled_norms, 0.05, method="lower"))
+    assert not np.isfinite(off.norm_cut) and off.counts["ood_low_feature_norm"] == 0
+    from omnifer.mining.report import summary_lines
+
+    assert any(f"feature norm is below the labeled faces' at the cut: < {on.norm_cut:.2f}" in line
+               for line in summary_lines(on, CLASSES))
+    with pytest.raises(OmniferError, match="feature norms for"):
+        mine(pool, labeled, labels, classes=CLASSES, config=cfg, pool_norms=pool_norms[1:],
+             labeled_norms=labeled_norms)
+
+
+def test_calibration_leaves_out_labeled_faces_with_weak_features(data):
+    """The calibration faces are the ones the pool check would keep: weak labeled faces are
+    not eligible."""
+    pool, labeled, labels, _ = data
+    norms = np.full(len(labeled), 10.0, np.float32)
+    norms[::4] = 1.0  # a quarter of the labeled faces, above the 0.2 quantile
+    cfg = MineConfig(threshold=0.5, ood_quantile=0.3)
+    r = mine(pool, labeled, labels, classes=CLASSES, config=cfg,
+             pool_norms=np.full(len(pool), 10.0, np.float32), labeled_norms=norms)
+    cal = r.calibration
+    assert cal.norm is not None and r.norm_cut == 10.0
+    assert not cal.eligible[cal.norm < 10].any() and cal.eligible[cal.norm >= 10].any()
+
+
 def test_classes_option_and_left_out_classes(data):
     pool, labeled, labels, _ = data
     r = mine(pool, labeled, labels, classes=CLASSES,

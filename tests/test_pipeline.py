@@ -85,6 +85,32 @@ def test_moved_with_mv(ws, tmp_path):
         assert paths and all(p.startswith(str(moved)) and Path(p).exists() for p in paths)
 
 
+def test_index_runs_without_feature_norms(ws, tmp_path):
+    """An index run whose shards lack feature norms (omnifer 0.1): mining says it checked the
+    neighbourhood only, and the next index run embeds those faces again, with norms."""
+    import pyarrow.parquet as pq
+
+    from omnifer.mining import MineConfig
+    from omnifer.pools.config import IndexConfig
+
+    root = tmp_path / "old"
+    shutil.copytree(ws["root"], root)
+    old = pipeline.resolve.run(Workspace(root), None, "index")
+    for path in [old.ids, *old.run.outputs["shards"]]:
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["feature_norm"]), path)
+    m = pipeline.mine(root, MineConfig(threshold=-1, k=3, leak_threshold=1.0, device="cpu"))
+    notes = " ".join(m.run.manifest["summary"])
+    assert f"{old.ref} has no feature norms" in notes and "run omnifer index again" in notes
+    again = pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=old.pool)
+    assert again.counts["reused"] == 0 and again.counts["faces"] == old.counts["indexed"]
+    norms = pq.read_table(again.ids).column("feature_norm").to_numpy()
+    assert np.isfinite(norms).all() and (norms > 0).all()
+    m = pipeline.mine(root, MineConfig(threshold=-1, k=3, leak_threshold=1.0, device="cpu"))
+    assert "no feature norms" not in " ".join(m.run.manifest["summary"])
+    assert np.isfinite(m.run.manifest["norm_cut"])
+
+
 def test_manifests_of_the_previous_layout_still_load(ws, tmp_path):
     """Absolute output paths and top-level configs (the earlier manifest form) load; a
     manifest that lacks an output this version needs is one line naming the run and the fix."""

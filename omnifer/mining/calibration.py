@@ -86,17 +86,21 @@ class Calibration:
     confidence: float = 0.9
     weight: np.ndarray | None = None  #: float [h] prior-shift weight of each face (None: 1)
     priors: np.ndarray | None = None  #: float [C] the pool's estimated class shares
+    norm: np.ndarray | None = None  #: float [h] feature norm (out-of-distribution; None: unknown)
 
     def weights(self) -> np.ndarray:
         return np.ones(len(self.truth)) if self.weight is None else self.weight
 
     @classmethod
     def from_evidence(cls, ev: Evidence, truth: np.ndarray, *, margin: float, min_votes: int,
-                      prototypes: bool, confidence: float) -> Calibration:
+                      prototypes: bool, confidence: float, norms: np.ndarray | None = None,
+                      ) -> Calibration:
+        """``norms``: the feature norm of every labeled face (``ev.rows`` index it)."""
         eligible = select(ev, threshold=-1.0, margin=margin, min_votes=min_votes)
         nearest = ev.best_score if prototypes else ev.neighbour_scores[:, 0]
         return cls(np.asarray(truth), ev.best, ev.best_score, eligible,
-                   ev.neighbour_scores[:, -1].astype(np.float32), nearest, confidence)
+                   ev.neighbour_scores[:, -1].astype(np.float32), nearest, confidence,
+                   norm=None if norms is None else np.asarray(norms, np.float32)[ev.rows])
 
     def kept(self, thresholds: np.ndarray) -> np.ndarray:
         return self.eligible & (self.score >= thresholds[self.best])

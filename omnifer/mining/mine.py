@@ -56,7 +56,8 @@ class MineConfig(StageConfig):
     calibrate: bool = True  #: False: the threshold alone, one for every class
     confidence: float = 0.9  #: probability that the calibrated precision bound holds
     folds: int = 5  #: cross-fitting folds of the labeled faces (calibration)
-    #: share of labeled faces whose own k-th-neighbour cosine a pool face must reach (0: off)
+    #: share of labeled faces whose own k-th-neighbour cosine, and feature norm, a pool face
+    #: must reach (0: off)
     ood_quantile: float = 0.1
     #: cosine at which mined faces count as near duplicates of each other (None: off)
     duplicate_threshold: float | None = 0.97
@@ -152,6 +153,7 @@ class MineResult:
     estimate: dict[str, Any]  #: calibration precision/coverage at ``thresholds``
     duplicate_of: np.ndarray  #: int64 pool row of each mined face's cluster head (-1: itself)
     ood_cut: float  #: k-th-neighbour cosine below which pool faces were rejected
+    norm_cut: float  #: feature norm below which pool faces were rejected (-inf: not checked)
     counts: dict[str, int]
     evidence: Evidence  #: every candidate (scores of all classes), for the report
     excluded: np.ndarray  #: bool [n] pool rows too close to an evaluation image
@@ -189,14 +191,15 @@ def check_classes(labels: np.ndarray, classes: Sequence[str],
 
 
 def calibrate(labeled: np.ndarray, labels: np.ndarray, n_classes: int,
-              config: MineConfig) -> Calibration:
-    """Every labeled face mined against the other cross-fitting folds."""
+              config: MineConfig, norms: np.ndarray | None = None) -> Calibration:
+    """Every labeled face mined against the other cross-fitting folds (``norms``: their
+    feature norms)."""
     ev, _ = cross_fit(labeled, labels, n_classes, k=config.k, score=config.score,
                       prototypes=config.prototypes, folds=config.folds, seed=config.seed,
                       device=config.device)
     return Calibration.from_evidence(ev, labels[ev.rows], margin=config.margin,
                                      min_votes=config.min_votes, prototypes=config.prototypes,
-                                     confidence=config.confidence)
+                                     confidence=config.confidence, norms=norms)
 
 
 def thresholds_for(cal: Calibration, classes: Sequence[str], config: MineConfig,
@@ -220,6 +223,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
          config: MineConfig, index: Any = None, approximate: bool = False,
          exclude: np.ndarray | None = None, exclude_hashes: np.ndarray | None = None,
          pool_hashes: Callable[[np.ndarray], np.ndarray] | None = None,
+         pool_norms: np.ndarray | None = None, labeled_norms: np.ndarray | None = None,
          progress: Any = None, checkpoint: Any = None) -> MineResult:
     """Mine ``pool`` (embeddings [n, D]) with the labeled embeddings and their classes.
 
@@ -229,7 +233,10 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     (cosine >= ``config.leak_threshold``) are never mined. ``exclude_hashes``: perceptual hashes
     (``omnifer.mining.leaks``) of evaluation images; with ``pool_hashes`` (pool rows -> their
     hashes, asked only for the rows that would be mined), pool faces within
-    ``config.leak_hash_distance`` bits of one are never mined either. ``checkpoint``: a
+    ``config.leak_hash_distance`` bits of one are never mined either. ``pool_norms`` and
+    ``labeled_norms``: the feature norms of the pool and labeled faces (``Embedder.features``);
+    with both, pool faces whose norm is below the ``config.ood_quantile`` of the labeled
+    faces' are out of distribution too (``omnifer.mining.ood``). ``checkpoint``: a
     folder where the pool pass saves its finished spans, so that an interrupted mining goes on
     where it stopped (``engine.evidence``).
     """
@@ -243,9 +250,20 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     if exclude is not None and len(exclude):
         excluded = near_duplicates(pool, exclude, threshold=config.leak_threshold,
                                    device=config.device)
-    cal = calibrate(labeled, labels, n_classes, config)
+    for name, norms, n in (("pool", pool_norms, len(pool)), ("labeled", labeled_norms,
+                                                            len(labeled))):
+        if norms is not None and len(norms) != n:
+            raise OmniferError(f"{len(norms)} {name} feature norms for {n} {name} embeddings; "
+                               "give one per face (Embedder.features) or none")
+    norms_known = pool_norms is not None and labeled_norms is not None
+    cal = calibrate(labeled, labels, n_classes, config,
+                    norms=labeled_norms if norms_known else None)
     cut = ood_cut(cal.kth, config.ood_quantile)
-    cal.eligible &= cal.kth >= cut  # calibration faces like the ones the pool keeps
+    norm_cut = ood_cut(cal.norm, config.ood_quantile)
+    # calibration faces like the ones the pool keeps
+    cal.eligible &= cal.kth >= cut
+    if cal.norm is not None:
+        cal.eligible &= cal.norm >= norm_cut
     # rows whose best cosine is below the floor cannot pass (for vote only when the floor is
     # >= 0): they are dropped right after the matrix product
     floor = -1.0 if config.threshold is None or config.threshold < 0 else config.threshold
@@ -262,7 +280,10 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
                       progress=progress, **knobs)
     else:
         ev = evidence(pool, labeled, labels, n_classes, floor=floor, progress=progress, **knobs)
-    typical = kth_similarity(ev.neighbour_scores) >= cut
+    weak = np.zeros(len(ev.rows), bool)
+    if norms_known:
+        weak = np.asarray(pool_norms, np.float32)[ev.rows] < norm_cut
+    typical = (kth_similarity(ev.neighbour_scores) >= cut) & ~weak
     if config.calibrating:  # calibrate at the pool's class balance
         among = cal.eligible & (cal.nearest >= floor)
         cal.priors = pool_priors(cal.best[among], cal.truth[among], ev.best[typical], n_classes)
@@ -285,7 +306,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         recall = _recall(pool, labeled, labels, n_classes, ev.rows[passed], thresholds, config)
     merged = int((head != np.arange(len(keep))).sum())
     counts = {"pool": len(pool), "candidates": len(ev.rows), "passed": int(passed.sum()),
-              "ood_rejected": int(ood.sum()),
+              "ood_rejected": int(ood.sum()), "ood_low_feature_norm": int((ood & weak).sum()),
               "leak_excluded": int(leaked.sum()), "leak_excluded_hash": int(copies.sum()),
               "leak_near_duplicates": int(excluded.sum()),
               "capped": int(passed.sum() - ood.sum() - leaked.sum() - len(keep)),
@@ -298,7 +319,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, left_out=why,
         calibration=cal, estimate=cal.estimate(thresholds),
         duplicate_of=np.where(head == np.arange(len(keep)), -1, rows[head]), ood_cut=cut,
-        counts=counts, evidence=ev, excluded=excluded, recall=recall,
+        norm_cut=norm_cut, counts=counts, evidence=ev, excluded=excluded, recall=recall,
         search="index" if use_index else "exact", notes=notes)
 
 

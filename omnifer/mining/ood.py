@@ -1,11 +1,17 @@
-"""Out-of-distribution score from the embedding neighbourhood: how similar a face is to its
-k-th nearest labeled face, against how similar the labeled faces themselves are to theirs.
+"""Out-of-distribution scores, each read against the labeled faces' own:
 
-A face the labeled set covers (the right domain, an expression people labeled) has k labeled
-neighbours about as close as a labeled face has; a non-face, a heavily occluded face or a face
-of another domain sits far from all of them. The labeled faces' own k-th-neighbour cosines come
-from the cross-fit (``omnifer.mining.crossfit``), so none is its own neighbour. A face is out of
-distribution when its k-th-neighbour cosine falls below the ``quantile`` of theirs.
+- the embedding neighbourhood: how similar a face is to its k-th nearest labeled face. A face
+  the labeled set covers (the right domain, an expression people labeled) has k labeled
+  neighbours about as close as a labeled face has; a face of another domain sits far from all
+  of them. The labeled faces' own k-th-neighbour cosines come from the cross-fit
+  (``omnifer.mining.crossfit``), so none is its own neighbour.
+- the feature norm (``Embedder.features``): the length of the model's backbone features
+  before they are normalised into the embedding. The model's features respond to what it
+  learned to see; a non-face or a heavily occluded face gives weak features whose direction
+  can still land near a class, so the neighbourhood alone does not reject it.
+
+A face is out of distribution when either score falls below the ``quantile`` of the labeled
+faces' (:func:`ood_cut`).
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ def kth_similarity(neighbour_scores: np.ndarray) -> np.ndarray:
     return s[:, -1].astype(np.float32)
 
 
-def ood_cut(reference: np.ndarray, quantile: float) -> float:
-    """The k-th-neighbour cosine below which a face counts as out of distribution: the
-    ``quantile`` of the labeled faces' own (``-inf`` when ``quantile`` is 0: nothing is)."""
+def ood_cut(reference: np.ndarray | None, quantile: float) -> float:
+    """The score (k-th-neighbour cosine or feature norm) below which a face counts as out of
+    distribution: the ``quantile`` of the labeled faces' own ``reference`` scores (``-inf``
+    when ``quantile`` is 0 or there is no reference: nothing is)."""
     if not 0.0 <= quantile < 1.0:
         raise OmniferError(f"the out-of-distribution quantile is {quantile!r}; use a share in "
                            "[0, 1), e.g. 0.1 (0 turns the check off)")
-    ref = np.asarray(reference, np.float64)
+    ref = np.asarray([] if reference is None else reference, np.float64)
     if quantile == 0.0 or not len(ref):
         return float("-inf")
     return float(np.quantile(ref, quantile, method="lower"))

@@ -1,4 +1,5 @@
-"""The primitive model as a function: uint8 face crops in, float16 embeddings out."""
+"""The primitive model as a function: uint8 face crops in, float16 embeddings out (and, with
+:meth:`Embedder.features`, each face's feature norm)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ class Embedder:
 
     Loads the first model of a checkpoint or run directory on ``device`` (``auto``, ``cpu``,
     ``cuda`` or ``cuda:N``); on a GPU it runs in half precision, channels-last.
+
+    The feature norm is the L2 norm of a face's backbone features before they are standardised
+    and normalised into the embedding: low for crops the model finds little of what it learned
+    in (non-faces, heavily occluded faces), which mining's out-of-distribution check reads.
     """
 
     def __init__(self, model_path: str | Path, *, device: str = "auto",
@@ -35,7 +40,12 @@ class Embedder:
         return int(self.model.embedding_dim)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.features(images)[0]
+
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float16 embeddings [n, D] and float32 feature norms [n] of ``images``."""
         out = np.zeros((len(images), self.dim), np.float16)
+        norms = np.zeros(len(images), np.float32)
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 x = torch.from_numpy(np.array(images[start:start + self.batch_size]))
@@ -43,6 +53,8 @@ class Embedder:
                 x = (x - self.mean) / self.std
                 if self.half:
                     x = x.half()
-                emb = self.model(x)["embedding"].float()
+                f = self.model.features(x)
+                emb = self.model.embedding_norm(f).float()
                 out[start:start + len(emb)] = emb.cpu().numpy()
-        return out
+                norms[start:start + len(emb)] = f.float().norm(dim=1).cpu().numpy()
+        return out, norms

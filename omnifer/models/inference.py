@@ -46,7 +46,7 @@ def mc_dropout(model: Any, maker: Any, rows: np.ndarray, *, passes: int,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(rows), batch_size):
-            features = model.backbone(maker(rows[start:start + batch_size])).flatten(1)
+            features = model.features(maker(rows[start:start + batch_size]))
             embedding = model.embedding_norm(features).float().cpu().numpy()
             for part in parts:
                 h = torch.nn.functional.dropout(features, p=rate, training=True)

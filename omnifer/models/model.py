@@ -269,8 +269,12 @@ class MultitaskModel(nn.Module):
         tasks = self.config.tasks
         return self.config.joint and "expression" in tasks and "va" in tasks
 
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features [B, D] of images ``x``: what the embedding and the heads read."""
+        return self.backbone(x).flatten(1)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        features = self.backbone(x).flatten(1)
+        features = self.features(x)
         return {"embedding": self.embedding_norm(features),
                 **self.head_outputs(self.dropout(features))}
 

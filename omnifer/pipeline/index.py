@@ -25,6 +25,7 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
     from omnifer.pools.embed import embed_pool
     from omnifer.pools.embed_config import EmbedConfig
     from omnifer.pools.index import build_pool_index, gather
+    from omnifer.pools.shards import has_feature_norms
 
     ws = resolve.workspace(workspace)
     config = config or IndexConfig()
@@ -42,7 +43,9 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
     recorded = to_jsonable({**dataclasses.asdict(embed), "pool": ws.portable(pool),
                             "model": ws.portable(model_path)})
     previous = ws.latest("index", where=lambda r: r.manifest.get("config") == recorded)
-    inherited = [Path(p) for p in previous.outputs.get("shards", [])] if previous else []
+    # shards written before feature norms were recorded are embedded again
+    inherited = [Path(p) for p in previous.outputs.get("shards", [])
+                 if has_feature_norms(Path(p))] if previous else []
     with ws.start_run("index", config=recorded, inputs={"pool": pool, "model": model_path},
                       device=config.device) as run:
         with bar(progress, "embedding", "img") as update:

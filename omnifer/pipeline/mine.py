@@ -11,7 +11,7 @@ import numpy as np
 
 from omnifer.errors import OmniferError
 from omnifer.pipeline import resolve
-from omnifer.pipeline.embeddings import labeled_embeddings
+from omnifer.pipeline.embeddings import labeled_embeddings, labeled_features
 from omnifer.pipeline.progress import Progress, bar
 from omnifer.records import IndexRun, MineRun
 
@@ -54,6 +54,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
         held = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
                 for ref in exclude]
     pool, ids = load_index_outputs(index_run.embeddings, index_run.ids)
+    pool_norms = pool_feature_norms(ids)
     run_config = {"mine": dataclasses.asdict(config), "index": index_run.run_id,
                   "labeled": ws.portable(labeled_ref),
                   "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
@@ -65,8 +66,9 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
     # from the spans it saved in evidence/ (removed once the run completes)
     with ws.start_run("mine", config=run_config, inputs=inputs, seed=config.seed,
                       device=config.device, resume=True) as run:
-        labeled_emb = labeled_embeddings(ws, data, model_path, config.device, progress=progress,
-                                         what="embedding labeled faces")
+        labeled_emb, labeled_norms = labeled_features(ws, data, model_path, config.device,
+                                                      progress=progress,
+                                                      what="embedding labeled faces")
         held_emb = [labeled_embeddings(ws, h, model_path, config.device, progress=progress,
                                        what="embedding evaluation faces", mirrored=mirrored)
                     for h in held for mirrored in (False, True)]
@@ -84,8 +86,14 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                                index=faiss_index, approximate=approximate,
                                exclude=np.concatenate(held_emb) if held_emb else None,
                                exclude_hashes=np.concatenate(held_hashes) if held else None,
-                               pool_hashes=pool_hashes, progress=update,
+                               pool_hashes=pool_hashes, pool_norms=pool_norms,
+                               labeled_norms=labeled_norms, progress=update,
                                checkpoint=run.path / "evidence")
+        if pool_norms is None:
+            result.notes.append(
+                f"{index_run.ref} has no feature norms (indexed by omnifer 0.1), so only the "
+                "neighbour check rejected out-of-distribution faces; run omnifer index again "
+                "to add them")
         rows = ids.iloc[result.rows].reset_index(drop=True)
         epistemic, uncertain = None, None
         if config.max_uncertainty is not None:
@@ -116,10 +124,19 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      similarity="cosine of L2-normalised embeddings", search=result.search,
                      thresholds=class_rows(result, classes), estimate=estimate,
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
-                     ood_cut=result.ood_cut, uncertainty=uncertain,
+                     ood_cut=result.ood_cut, norm_cut=result.norm_cut, uncertainty=uncertain,
                      summary=summary_lines(result, classes))
         shutil.rmtree(run.path / "evidence", ignore_errors=True)
     return MineRun.from_run(run)
+
+
+def pool_feature_norms(ids: Any) -> np.ndarray | None:
+    """float32 [n] feature norms of an index run's faces (None when its ids table has none)."""
+    from omnifer.pools.index import NORM_COLUMN
+
+    if NORM_COLUMN not in ids.columns or ids[NORM_COLUMN].isna().any():
+        return None
+    return ids[NORM_COLUMN].to_numpy(np.float32)
 
 
 def uncertainty_models(ws: Any, model_path: Any, device: str) -> list[Any]:

@@ -13,11 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-Embed = Callable[[np.ndarray], np.ndarray]
+#: crops -> (float16 embeddings [n, D], float32 feature norms [n]), as ``Embedder.features``
+Embed = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Embedded = tuple[np.ndarray, np.ndarray]
 
 
 class ChunkBatcher:
-    """Kept crops of consecutive chunks of one shard -> float16 embeddings, in fixed batches.
+    """Kept crops of consecutive chunks of one shard -> embeddings and feature norms, in fixed
+    batches.
 
     Crops gather until, after a chunk, at least ``batch_size`` are waiting; then all of them go
     to ``embed`` in one call (which cuts them into batches of ``batch_size``). The crops left
@@ -29,16 +32,16 @@ class ChunkBatcher:
         self.embed, self.batch_size = embed, int(batch_size)
         self.pending: list[np.ndarray] = []
 
-    def add(self, crops: np.ndarray) -> list[np.ndarray]:
-        """Queue one chunk's kept crops; returns the embeddings this completes (zero or one
-        array)."""
+    def add(self, crops: np.ndarray) -> list[Embedded]:
+        """Queue one chunk's kept crops; returns the embeddings and norms this completes (zero
+        or one pair)."""
         self.pending.append(crops)
         if sum(map(len, self.pending)) >= self.batch_size:
             return self.finish()
         return []
 
-    def finish(self) -> list[np.ndarray]:
-        """Embed every crop still waiting; returns zero or one array."""
+    def finish(self) -> list[Embedded]:
+        """Embed every crop still waiting; returns zero or one pair."""
         if not self.pending:
             return []
         out = self.embed(np.concatenate(self.pending))

@@ -5,7 +5,8 @@ Writes into a run directory:
 - ``embeddings.npy``: float16 [N, D], L2-normalised embeddings of the pool's faces (one per
   distinct image without detection; exact duplicates appear once);
 - ``ids.parquet``: row ``i`` of the embeddings: ``id``, ``key``, ``face``, ``box``,
-  ``landmarks``, ``det_score``;
+  ``landmarks``, ``det_score``, ``feature_norm`` (null for faces of shards written before the
+  column existed);
 - ``index/index.faiss`` + ``index/index.json``: a FAISS inner-product index over the rows
   (cosine similarity, since the embeddings are unit vectors).
 """
@@ -22,6 +23,8 @@ from omnifer.artifacts import atomic_path, atomic_write_npy
 from omnifer.errors import OmniferError, one_line
 
 ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
+#: read when present (index runs of omnifer 0.1 lack it)
+NORM_COLUMN = "feature_norm"
 
 
 def gather(shards: Sequence[Path], keys: set[str] | None,
@@ -49,11 +52,22 @@ def gather(shards: Sequence[Path], keys: set[str] | None,
     parts = (np.load(path.with_suffix(".npy"), mmap_mode="r")[
         np.asarray(t["row"].to_numpy(), np.int64)] for path, t in tables if t.num_rows)
     atomic_write_npy(emb_path, parts, shape=(n, dim or 0), dtype=np.float16)
-    ids = pa.concat_tables([t.select(list(ID_COLUMNS)) for _, t in tables]) if tables else \
-        pa.table({c: pa.array([], pa.string()) for c in ID_COLUMNS})
+    ids = pa.concat_tables([_id_columns(t) for _, t in tables]) if tables else \
+        pa.table({**{c: pa.array([], pa.string()) for c in ID_COLUMNS},
+                  NORM_COLUMN: pa.array([], pa.float32())})
     with atomic_path(ids_path) as tmp:
         pq.write_table(ids, tmp)
     return emb_path, ids_path, n
+
+
+def _id_columns(table: Any) -> Any:
+    """``table``'s id columns and its feature norms (nulls for a shard without them)."""
+    import pyarrow as pa
+
+    out = table.select(list(ID_COLUMNS))
+    norms = table[NORM_COLUMN] if NORM_COLUMN in table.column_names else \
+        pa.nulls(table.num_rows, pa.float32())
+    return out.append_column(NORM_COLUMN, norms)
 
 
 def load_index_outputs(embeddings: Path, ids: Path) -> tuple[np.ndarray, Any]:

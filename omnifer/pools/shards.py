@@ -3,7 +3,9 @@ plus ``shards/shard-NNNNN.npy`` (float16 embeddings of the ``ok`` rows, in order
 
 Table columns: ``key``, ``id`` = content hash of the image bytes, ``face`` number, ``status`` =
 ok | duplicate | bad | no_face, ``reason``, ``box``, ``landmarks``, ``det_score``, ``row`` (the
-row of the embeddings, -1 for rows that have none).
+row of the embeddings, -1 for rows that have none), ``feature_norm`` (the model's feature
+norm of the face, ``Embedder.features``; null for rows without embedding; shards written by
+omnifer 0.1 lack the column).
 
 A shard whose files are missing or damaged is left out by :func:`readable_shards`, so that its
 keys are embedded again.
@@ -30,6 +32,17 @@ def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[An
 
     table = pq.read_table(path, columns=list(columns))
     return {c: table.column(c).to_pylist() for c in columns}
+
+
+def has_feature_norms(path: Path) -> bool:
+    """Whether the shard table at ``path`` records its faces' feature norms (True when it
+    cannot be read: :func:`readable_shards` names it, and it is embedded again)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return "feature_norm" in pq.read_schema(path).names
+    except Exception:  # missing or damaged
+        return True
 
 
 def status_counts(paths: Sequence[Path], keys: set[str]) -> dict[str, int]:
@@ -70,16 +83,17 @@ def readable_shards(paths: Sequence[Path]) -> list[Path]:
 
 
 def write_shard(writer: ShardedWriter, index: int, rows: list[dict[str, Any]],
-                embeddings: list[np.ndarray]) -> None:
+                embeddings: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """Write shard ``index`` (:func:`write_shard_files`), then mark it complete in the writer's
     ``progress.json``."""
     writer.mark_done(index, rows=write_shard_files(writer.path(index), rows, embeddings))
 
 
 def write_shard_files(path: Path, rows: list[dict[str, Any]],
-                      embeddings: list[np.ndarray]) -> int:
-    """Write the files of one shard: the embeddings (``.npy``) first, then the table at
-    ``path``; returns its number of rows.
+                      embeddings: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """Write the files of one shard, whose ``ok`` rows have ``embeddings`` (pairs of embeddings
+    and feature norms, in order): the embeddings (``.npy``) first, then the table at ``path``;
+    returns its number of rows.
 
     Each file is replaced atomically, so a killed writer leaves the shard as it was. Marking
     the shard complete is left to the one process that owns the run's ``progress.json``.
@@ -87,13 +101,16 @@ def write_shard_files(path: Path, rows: list[dict[str, Any]],
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float16)
+    emb = np.concatenate([e for e, _ in embeddings]) if embeddings else \
+        np.zeros((0, 0), np.float16)
+    norms = np.concatenate([m for _, m in embeddings]) if embeddings else np.zeros(0, np.float32)
     row, n = [], 0
     for r in rows:
         row.append(n if r["status"] == "ok" else -1)
         n += r["status"] == "ok"
-    if n != len(emb):
-        raise RuntimeError(f"shard {path.name}: {n} ok rows but {len(emb)} embeddings")
+    if n != len(emb) or n != len(norms):
+        raise RuntimeError(f"shard {path.name}: {n} ok rows but {len(emb)} embeddings and "
+                           f"{len(norms)} feature norms")
     table = pa.table({
         "key": pa.array([r["key"] for r in rows], pa.string()),
         "id": pa.array([r.get("id") for r in rows], pa.string()),
@@ -104,6 +121,8 @@ def write_shard_files(path: Path, rows: list[dict[str, Any]],
         "landmarks": pa.array([r.get("landmarks") for r in rows], pa.list_(pa.float32())),
         "det_score": pa.array([r.get("det_score") for r in rows], pa.float32()),
         "row": pa.array(row, pa.int64()),
+        "feature_norm": pa.array([float(norms[i]) if i >= 0 else None for i in row],
+                                 pa.float32()),
     })
     with atomic_path(path.with_suffix(".npy")) as tmp:
         with open(tmp, "wb") as fh:

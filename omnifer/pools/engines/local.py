@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from omnifer.data.workers import exit_with_parent
-from omnifer.pools.batching import ChunkBatcher
+from omnifer.pools.batching import ChunkBatcher, Embedded
 from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.ledger import Ledger
@@ -45,7 +45,7 @@ def local_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 2) -> None:
     embed = DriverEmbedder(plan.config)
     for j, shard_keys in enumerate(plan.shards):
         rows: list[dict[str, Any]] = []
-        embeddings: list[np.ndarray] = []
+        embeddings: list[Embedded] = []
         batcher = ChunkBatcher(embed, plan.config.batch_size)
         for chunk, _ in local_chunks(plan.source, shard_keys, config=plan.config,
                                      workers=workers):
@@ -79,13 +79,13 @@ class DriverEmbedder:
         self.config = config
         self.embedder: Any = None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> Embedded:
         if self.embedder is None:
             from omnifer.models.embedder import Embedder
 
             self.embedder = Embedder(self.config.model, device=self.config.device,
                                      batch_size=self.config.batch_size)
-        return self.embedder(images)
+        return self.embedder.features(images)
 
 
 def _identity(x: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifer.pools.batching import ChunkBatcher
+from omnifer.pools.batching import ChunkBatcher, Embedded
 from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.shards import write_shard_files
@@ -90,7 +90,7 @@ class ShardEmbedder:
             self.error = exc
         self.batch_size = batch_size
         #: shard -> (its rows, embeddings and batcher so far), for the shards being embedded
-        self.open: dict[int, tuple[list[dict[str, Any]], list[np.ndarray], ChunkBatcher]] = {}
+        self.open: dict[int, tuple[list[dict[str, Any]], list[Embedded], ChunkBatcher]] = {}
 
     def ready(self) -> int:
         """The process id of the actor, once its model is loaded; raises the model's error."""
@@ -105,7 +105,7 @@ class ShardEmbedder:
         chunk and row, whether to embed the crop or record a duplicate; returns its chunks."""
         self.ready()
         rows, embeddings, batcher = self.open.setdefault(
-            shard, ([], [], ChunkBatcher(self.embedder, self.batch_size)))
+            shard, ([], [], ChunkBatcher(self.embedder.features, self.batch_size)))
         for chunk, keep in zip(block, keeps, strict=True):
             for row, kept in zip(chunk.rows, keep, strict=True):
                 row["status"] = "ok" if kept else "duplicate"
