@@ -247,6 +247,7 @@ def test_out_of_distribution_faces_are_rejected():
               config=MineConfig(**loose, ood_quantile=0.02))
     assert distractor[off.rows].sum() > 0 and distractor[on.rows].sum() == 0
     assert on.counts["ood_rejected"] >= distractor[off.rows].sum()
+    assert on.counts["ood_far_from_labeled"] == on.counts["ood_rejected"]  # no norms given
     assert (~distractor[on.rows]).sum() >= 0.95 * (~distractor[off.rows]).sum()
 
 
@@ -274,8 +275,8 @@ def test_faces_with_weak_features_are_rejected_by_their_norm():
     assert not np.isfinite(off.norm_cut) and off.counts["ood_low_feature_norm"] == 0
     from omnifer.mining.report import summary_lines
 
-    assert any(f"feature norm is below the labeled faces' at the cut: < {on.norm_cut:.2f}" in line
-               for line in summary_lines(on, CLASSES))
+    line = f"{weak[off.rows].sum()} whose feature norm is below the labeled faces' at the cut"
+    assert any(f"{line} (< {on.norm_cut:.2f})" in x for x in summary_lines(on, CLASSES))
     with pytest.raises(OmniferError, match="feature norms for"):
         mine(pool, labeled, labels, classes=CLASSES, config=cfg, pool_norms=pool_norms[1:],
              labeled_norms=labeled_norms)

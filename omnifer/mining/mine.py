@@ -283,7 +283,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
     weak = np.zeros(len(ev.rows), bool)
     if norms_known:
         weak = np.asarray(pool_norms, np.float32)[ev.rows] < norm_cut
-    typical = (kth_similarity(ev.neighbour_scores) >= cut) & ~weak
+    far = kth_similarity(ev.neighbour_scores) < cut
+    typical = ~far & ~weak
     if config.calibrating:  # calibrate at the pool's class balance
         among = cal.eligible & (cal.nearest >= floor)
         cal.priors = pool_priors(cal.best[among], cal.truth[among], ev.best[typical], n_classes)
@@ -306,7 +307,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         recall = _recall(pool, labeled, labels, n_classes, ev.rows[passed], thresholds, config)
     merged = int((head != np.arange(len(keep))).sum())
     counts = {"pool": len(pool), "candidates": len(ev.rows), "passed": int(passed.sum()),
-              "ood_rejected": int(ood.sum()), "ood_low_feature_norm": int((ood & weak).sum()),
+              "ood_rejected": int(ood.sum()), "ood_far_from_labeled": int((ood & far).sum()),
+              "ood_low_feature_norm": int((ood & weak).sum()),
               "leak_excluded": int(leaked.sum()), "leak_excluded_hash": int(copies.sum()),
               "leak_near_duplicates": int(excluded.sum()),
               "capped": int(passed.sum() - ood.sum() - leaked.sum() - len(keep)),

@@ -82,12 +82,12 @@ def summary_lines(result: MineResult, classes: Sequence[str]) -> list[str]:
              f"mined {c['mined']} of {c['pool']} pool faces ({c['mined'] / max(c['pool'], 1):.1%}); "
              f"{c['candidates']} candidates, {c['passed']} passed threshold/margin/votes, "
              f"{c['capped']} dropped by caps"]
-    norm = (f"; or their feature norm is below the labeled faces' at the cut: < "
-            f"{result.norm_cut:.2f}, {c['ood_low_feature_norm']} faces"
-            if np.isfinite(result.norm_cut) else "")
+    norm = (f"; {c['ood_low_feature_norm']} whose feature norm is below the labeled faces' "
+            f"at the cut (< {result.norm_cut:.2f})" if np.isfinite(result.norm_cut) else "")
     lines.append(f"out of distribution: {c['ood_rejected']} faces that would have been mined "
-                 f"were rejected (their {result_k(result)}-th labeled neighbour is less similar "
-                 f"than the labeled faces' own at the cut: cosine < {result.ood_cut:.3f}{norm})")
+                 f"were rejected: {c['ood_far_from_labeled']} whose {result_k(result)}-th labeled "
+                 "neighbour is less similar than the labeled faces' own at the cut (cosine < "
+                 f"{result.ood_cut:.3f}){norm}")
     lines.append(f"near duplicates: {c['duplicates_merged']} mined faces are near duplicates of "
                  "a better-scored mined face; each cluster counted once toward caps and balance")
     lines.append(f"leak guard: {c['leak_near_duplicates']} pool faces are near duplicates of "
