@@ -191,6 +191,11 @@ def test_demo_arms_and_a_missing_run(ws, tmp_path):
     assert table_row(markdown, "mine")[1:] == [ws["mine"].ref, "2.5"]
     assert "not available: score histograms" in html
     assert rec.counts["map_labeled"] > 5 and len(images(html)) == 9
+    # the demo run writing this report (open in this process) has done its other steps
+    assert f"demo run: {demo.ref} (complete up to this report, its last step)" in markdown
+    demo.update(pid=2 ** 22 + 1)  # another process's run, which is gone
+    rec = report(root, ReportConfig(device="cpu", map_points=5), out=tmp_path / "out" / "r.html")
+    assert f"demo run: {demo.ref} (stale)" in rec.markdown.read_text(encoding="utf-8")
 
 
 def test_a_workspace_with_only_synth_train_evaluate(tmp_path):

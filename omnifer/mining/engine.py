@@ -37,7 +37,7 @@ import logging
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def report(workspace: Any = None, config: Any = None, *, arms: list[dict[str, An
                   ("date", dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
                   ("omnifer", __version__)]
         if demo is not None:
-            header.append(("demo run", f"{demo.ref} ({demo.state})"))
+            header.append(("demo run", f"{demo.ref} ({demo_state(demo)})"))
         sections: list[dict[str, Any]] = []
         shown: dict[str, int] = {}  # the embedding map's group sizes
         builders = [
@@ -109,6 +110,15 @@ def latest_demo(ws: Workspace) -> Run | None:
     """The newest demo run, whatever its status (a demo writes its report while running)."""
     runs = ws.runs("demo")
     return runs[-1] if runs else None
+
+
+def demo_state(demo: Run) -> str:
+    """The demo run's state as the report shows it: a demo that is writing this report (open
+    in this process) has done every step before it."""
+    if demo.status == "running" and demo.manifest.get("pid") == os.getpid() \
+            and demo.manifest.get("host") == platform.node():
+        return "complete up to this report, its last step"
+    return demo.state
 
 
 def pick(ws: Workspace, stage: str, demo: Run | None) -> tuple[Any, str]:

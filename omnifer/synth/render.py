@@ -88,7 +88,6 @@ def draw_face(
     yaw = p.yaw * (2 * r[0] - 1)
     skin = _rgb(ident, "skin_r")
     skin_dark = _rgb(ident, "skin_r", 0.78)
-    skin_shade = _rgb(ident, "skin_r", 0.9)
     line = _rgb(ident, "skin_r", 0.45)
     hair = _rgb(ident, "hair_r")
     fw, fh = ident[F["face_w"]] / 2, ident[F["face_h"]] / 2
