@@ -228,6 +228,7 @@ class MineRun(RunRecord):
     report: Path | None = output(default=None)
     histograms: Path | None = output(default=None)
     precision_coverage: Path | None = output(default=None)
+    out_of_distribution: Path | None = output(default=None)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     estimate: dict[str, Any] = field(default_factory=dict)
     recall: dict[str, Any] | None = None

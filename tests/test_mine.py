@@ -251,7 +251,7 @@ def test_out_of_distribution_faces_are_rejected():
     assert (~distractor[on.rows]).sum() >= 0.95 * (~distractor[off.rows]).sum()
 
 
-def test_faces_with_weak_features_are_rejected_by_their_norm():
+def test_faces_with_weak_features_are_rejected_by_their_norm(tmp_path):
     """Pool faces whose embedding lies among the labeled faces but whose feature norm is below
     the labeled faces' ood_quantile are out of distribution; without norms they are mined."""
     rng = np.random.default_rng(1)
@@ -277,6 +277,13 @@ def test_faces_with_weak_features_are_rejected_by_their_norm():
 
     line = f"{weak[off.rows].sum()} whose feature norm is below the labeled faces' at the cut"
     assert any(f"{line} (< {on.norm_cut:.2f})" in x for x in summary_lines(on, CLASSES))
+    from PIL import Image
+
+    from omnifer.mining.report import out_of_distribution
+
+    one = Image.open(out_of_distribution(off, tmp_path / "one.png")).size
+    two = Image.open(out_of_distribution(on, tmp_path / "two.png")).size
+    assert two[0] > 1.8 * one[0] and two[1] == one[1]  # a second panel: the feature norm
     with pytest.raises(OmniferError, match="feature norms for"):
         mine(pool, labeled, labels, classes=CLASSES, config=cfg, pool_norms=pool_norms[1:],
              labeled_norms=labeled_norms)
@@ -404,7 +411,8 @@ def test_cli_mine_writes_a_dataset_the_trainer_reads(indexed, tiny_synth, run_cl
     assert (table["score"] >= 0.2).all() and table["neighbours"].map(len).eq(3).all()
     assert all(mined.table["image"].map(lambda p: __import__("os").path.isfile(p)))
     run = ws / ".omnifer/runs" / r["run"]
-    for name in ("report.md", "histograms.png", "precision_coverage.png"):
+    for name in ("report.md", "histograms.png", "precision_coverage.png",
+                 "out_of_distribution.png"):
         assert (run / name).stat().st_size > 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["similarity"].startswith("cosine") and manifest["status"] == "complete"

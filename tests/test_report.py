@@ -81,8 +81,8 @@ def test_report_is_one_self_contained_page(ws, made):
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", html, re.I)
     assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
     srcs = images(html)
-    # contact sheet, mined faces, 2 mining plots, distilled grid, 2 x 2 model plots, map
-    assert len(srcs) == 10, html.count("not available")
+    # contact sheet, mined faces, 3 mining plots, distilled grid, 2 x 2 model plots, map
+    assert len(srcs) == 11, html.count("not available")
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
@@ -190,7 +190,7 @@ def test_demo_arms_and_a_missing_run(ws, tmp_path):
     assert table_row(markdown, "synth")[1:] == [ws["synth"].ref, "1.5"]
     assert table_row(markdown, "mine")[1:] == [ws["mine"].ref, "2.5"]
     assert "not available: score histograms" in html
-    assert rec.counts["map_labeled"] > 5 and len(images(html)) == 9
+    assert rec.counts["map_labeled"] > 5 and len(images(html)) == 10
     # the demo run writing this report (open in this process) has done its other steps
     assert f"demo run: {demo.ref} (complete up to this report, its last step)" in markdown
     demo.update(pid=2 ** 22 + 1)  # another process's run, which is gone

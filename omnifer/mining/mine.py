@@ -154,6 +154,7 @@ class MineResult:
     duplicate_of: np.ndarray  #: int64 pool row of each mined face's cluster head (-1: itself)
     ood_cut: float  #: k-th-neighbour cosine below which pool faces were rejected
     norm_cut: float  #: feature norm below which pool faces were rejected (-inf: not checked)
+    candidate_norms: np.ndarray | None  #: float [len(evidence.rows)] (None: not known)
     counts: dict[str, int]
     evidence: Evidence  #: every candidate (scores of all classes), for the report
     excluded: np.ndarray  #: bool [n] pool rows too close to an evaluation image
@@ -280,9 +281,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
                       progress=progress, **knobs)
     else:
         ev = evidence(pool, labeled, labels, n_classes, floor=floor, progress=progress, **knobs)
-    weak = np.zeros(len(ev.rows), bool)
-    if norms_known:
-        weak = np.asarray(pool_norms, np.float32)[ev.rows] < norm_cut
+    candidate_norms = np.asarray(pool_norms, np.float32)[ev.rows] if norms_known else None
+    weak = np.zeros(len(ev.rows), bool) if candidate_norms is None else candidate_norms < norm_cut
     far = kth_similarity(ev.neighbour_scores) < cut
     typical = ~far & ~weak
     if config.calibrating:  # calibrate at the pool's class balance
@@ -321,7 +321,7 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, left_out=why,
         calibration=cal, estimate=cal.estimate(thresholds),
         duplicate_of=np.where(head == np.arange(len(keep)), -1, rows[head]), ood_cut=cut,
-        norm_cut=norm_cut, counts=counts, evidence=ev, excluded=excluded, recall=recall,
+        norm_cut=norm_cut, candidate_norms=candidate_norms, counts=counts, evidence=ev, excluded=excluded, recall=recall,
         search="index" if use_index else "exact", notes=notes)
 
 

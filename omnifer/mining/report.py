@@ -18,10 +18,13 @@ SIMILARITY = "cosine similarity of L2-normalised embeddings"
 
 def write_report(result: MineResult, out_dir: str | Path, *, classes: Sequence[str],
                  config: MineConfig, inputs: dict[str, str]) -> dict[str, str]:
-    """Write ``histograms.png``, ``precision_coverage.png`` and ``report.md``; return paths."""
+    """Write ``histograms.png``, ``precision_coverage.png``, ``out_of_distribution.png`` and
+    ``report.md``; return paths."""
     out = Path(out_dir)
     files = {"histograms": str(histograms(result, out / "histograms.png", classes)),
-             "precision_coverage": str(precision_coverage(result, out / "precision_coverage.png"))}
+             "precision_coverage": str(precision_coverage(result, out / "precision_coverage.png")),
+             "out_of_distribution": str(out_of_distribution(result,
+                                                            out / "out_of_distribution.png"))}
     atomic_write_text(out / "report.md", markdown(result, classes=classes, config=config,
                                                   inputs=inputs))
     files["report"] = str(out / "report.md")
@@ -50,6 +53,33 @@ def histograms(result: MineResult, path: Path, classes: Sequence[str]) -> Path:
         ax.tick_params(labelsize=7)
     fig.axes[0].legend(fontsize=7)
     fig.suptitle("Best-class evidence of candidate pool faces (red: threshold)", fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def out_of_distribution(result: MineResult, path: Path) -> Path:
+    """Each out-of-distribution score of the pool's candidates against the labeled faces' own
+    (the calibration faces), with the cut below which pool faces are rejected."""
+    cal, ev = result.calibration, result.evidence
+    panels = [(f"{result_k(result)}-th labeled neighbour's cosine", cal.kth,
+               ev.neighbour_scores[:, -1] if len(ev.rows) else np.zeros(0), result.ood_cut)]
+    if cal.norm is not None and result.candidate_norms is not None:
+        panels.append(("feature norm", cal.norm, result.candidate_norms, result.norm_cut))
+    fig = figure(4.2 * len(panels), 3.2)
+    for i, (title, labeled, pool, cut) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        values = np.concatenate([labeled, pool]).astype(np.float64)
+        values = values[np.isfinite(values)]
+        bins = np.linspace(values.min(), values.max(), 41) if len(values) else 10
+        ax.hist(pool, bins=bins, density=True, color="#bbbbbb", label="pool candidates")
+        ax.hist(labeled, bins=bins, density=True, histtype="step", color="#2a7ab9", lw=1.5,
+                label="labeled faces")
+        if np.isfinite(cut):
+            ax.axvline(cut, color="#d62728", lw=1, label=f"cut {cut:.3g}")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Out of distribution: pool faces below a cut are not mined", fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -158,5 +188,6 @@ def markdown(result: MineResult, *, classes: Sequence[str], config: MineConfig,
             "labeled ones (other domains, blends, distractors) can make the real precision "
             "lower.", "",
             "![score histograms](histograms.png)", "",
-            "![precision/coverage](precision_coverage.png)", ""]
+            "![precision/coverage](precision_coverage.png)", "",
+            "![out of distribution](out_of_distribution.png)", ""]
     return "\n".join(out)

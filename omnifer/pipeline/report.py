@@ -298,6 +298,8 @@ def mining_section(mine: tuple[MineRun | None, str], folder: Path, config: Any) 
         {"note": rec.ref}, sheet,
         picture(rec.histograms, f"score histograms ({rec.ref})", "the run wrote none"),
         picture(rec.precision_coverage, f"precision and coverage ({rec.ref})",
+                "the run wrote none"),
+        picture(rec.out_of_distribution, f"out-of-distribution scores and cuts ({rec.ref})",
                 "the run wrote none")]}
 
 

@@ -193,13 +193,13 @@ class _Pipeline:
                     self._mark()
 
     def stop(self) -> None:
-        """Cancel the reads still under way (after an error or an interrupt)."""
-        for ref in self.reading:
-            try:
-                self.ray.cancel(ref)
-            except Exception:  # already finished or gone
-                pass
+        """Let go of the reads still under way (after an error or an interrupt): each ends
+        on its own within one block, and its result is freed with its reference. They are not
+        cancelled: a cancel that races with a task's completion can abort the driver process
+        inside Ray (a failed internal check, seen with Ray 2.60), where the caller must get
+        the run's own error."""
         self.reading.clear()
+        self.order.clear()
 
     def _submit_reads(self) -> None:
         while (self.next_block is not None and len(self.reading) < self.readers
