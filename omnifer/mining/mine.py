@@ -321,8 +321,8 @@ def mine(pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray, *, classes: 
         neighbour_scores=ev.neighbour_scores[keep], thresholds=thresholds, left_out=why,
         calibration=cal, estimate=cal.estimate(thresholds),
         duplicate_of=np.where(head == np.arange(len(keep)), -1, rows[head]), ood_cut=cut,
-        norm_cut=norm_cut, candidate_norms=candidate_norms, counts=counts, evidence=ev, excluded=excluded, recall=recall,
-        search="index" if use_index else "exact", notes=notes)
+        norm_cut=norm_cut, candidate_norms=candidate_norms, counts=counts, evidence=ev,
+        excluded=excluded, recall=recall, search="index" if use_index else "exact", notes=notes)
 
 
 def _hash_copies(rows: np.ndarray, check: np.ndarray, reference: np.ndarray | None,
