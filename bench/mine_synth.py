@@ -82,8 +82,7 @@ def ood_separation(ws: Path, truth: pd.DataFrame, k: int = 10) -> dict[str, dict
     from omnifer.mining.engine import evidence
     from omnifer.pipeline import resolve
     from omnifer.pipeline.embeddings import labeled_features
-    from omnifer.pipeline.mine import pool_feature_norms
-    from omnifer.pools.index import load_index_outputs
+    from omnifer.pools.index import feature_norms, load_index_outputs
 
     w = resolve.workspace(ws)
     index = resolve.run(w, None, "index")
@@ -95,7 +94,7 @@ def ood_separation(ws: Path, truth: pd.DataFrame, k: int = 10) -> dict[str, dict
     ev = evidence(pool, labeled, labels, len(data.expressions), k=k, floor=-1.0)
     kth = np.full(len(pool), np.nan)
     kth[ev.rows] = ev.neighbour_scores[:, -1]
-    scores = {"k-th neighbour cosine": kth, "feature norm": pool_feature_norms(ids)}
+    scores = {"k-th neighbour cosine": kth, "feature norm": feature_norms(ids)}
     kind = truth.set_index("file").loc[ids["key"], "kind"].to_numpy()
     out = {}
     for name, value in scores.items():

@@ -29,7 +29,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
     from omnifer.mining.output import export_images, face_hashes, mined_table, sample_ids
     from omnifer.mining.report import class_rows, summary_lines, write_report
     from omnifer.pools import open_pool
-    from omnifer.pools.index import load_index_outputs
+    from omnifer.pools.index import feature_norms, load_index_outputs
 
     ws = resolve.workspace(workspace)
     config = config or MineConfig()
@@ -54,7 +54,7 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
         held = [resolve.read_data(ws, ref, on_bad_files=on_bad_files, progress=update)
                 for ref in exclude]
     pool, ids = load_index_outputs(index_run.embeddings, index_run.ids)
-    pool_norms = pool_feature_norms(ids)
+    pool_norms = feature_norms(ids)
     run_config = {"mine": dataclasses.asdict(config), "index": index_run.run_id,
                   "labeled": ws.portable(labeled_ref),
                   "exclude": [ws.portable(e) for e in exclude], "model": ws.portable(model_path)}
@@ -128,15 +128,6 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      summary=summary_lines(result, classes))
         shutil.rmtree(run.path / "evidence", ignore_errors=True)
     return MineRun.from_run(run)
-
-
-def pool_feature_norms(ids: Any) -> np.ndarray | None:
-    """float32 [n] feature norms of an index run's faces (None when its ids table has none)."""
-    from omnifer.pools.index import NORM_COLUMN
-
-    if NORM_COLUMN not in ids.columns or ids[NORM_COLUMN].isna().any():
-        return None
-    return ids[NORM_COLUMN].to_numpy(np.float32)
 
 
 def uncertainty_models(ws: Any, model_path: Any, device: str) -> list[Any]:

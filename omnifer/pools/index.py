@@ -21,10 +21,9 @@ import numpy as np
 
 from omnifer.artifacts import atomic_path, atomic_write_npy
 from omnifer.errors import OmniferError, one_line
+from omnifer.pools.shards import NORM_COLUMN
 
 ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
-#: read when present (index runs of omnifer 0.1 lack it)
-NORM_COLUMN = "feature_norm"
 
 
 def gather(shards: Sequence[Path], keys: set[str] | None,
@@ -68,6 +67,14 @@ def _id_columns(table: Any) -> Any:
     norms = table[NORM_COLUMN] if NORM_COLUMN in table.column_names else \
         pa.nulls(table.num_rows, pa.float32())
     return out.append_column(NORM_COLUMN, norms)
+
+
+def feature_norms(ids: Any) -> np.ndarray | None:
+    """float32 [n] feature norms of an index run's faces, from its ids table (None when the
+    table has none: index runs of omnifer 0.1)."""
+    if NORM_COLUMN not in ids.columns or ids[NORM_COLUMN].isna().any():
+        return None
+    return ids[NORM_COLUMN].to_numpy(np.float32)
 
 
 def load_index_outputs(embeddings: Path, ids: Path) -> tuple[np.ndarray, Any]:

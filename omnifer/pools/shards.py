@@ -25,6 +25,9 @@ from omnifer.errors import one_line
 
 log = logging.getLogger(__name__)
 
+#: the column of each face's feature norm (shards of omnifer 0.1 lack it)
+NORM_COLUMN = "feature_norm"
+
 
 def shard_table_columns(path: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
     """``{column: values}`` of a shard table."""
@@ -40,7 +43,7 @@ def has_feature_norms(path: Path) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        return "feature_norm" in pq.read_schema(path).names
+        return NORM_COLUMN in pq.read_schema(path).names
     except Exception:  # missing or damaged
         return True
 
@@ -121,8 +124,8 @@ def write_shard_files(path: Path, rows: list[dict[str, Any]],
         "landmarks": pa.array([r.get("landmarks") for r in rows], pa.list_(pa.float32())),
         "det_score": pa.array([r.get("det_score") for r in rows], pa.float32()),
         "row": pa.array(row, pa.int64()),
-        "feature_norm": pa.array([float(norms[i]) if i >= 0 else None for i in row],
-                                 pa.float32()),
+        NORM_COLUMN: pa.array([float(norms[i]) if i >= 0 else None for i in row],
+                              pa.float32()),
     })
     with atomic_path(path.with_suffix(".npy")) as tmp:
         with open(tmp, "wb") as fh:
