@@ -111,6 +111,32 @@ def test_index_runs_without_feature_norms(ws, tmp_path):
     assert np.isfinite(m.run.manifest["norm_cut"])
 
 
+def test_without_a_synth_run_mine_and_distill_use_the_recorded_labeled_data(ws, tmp_path):
+    """A user's own data (no synth run): mine takes the labeled set the model was trained on,
+    distill --with-labeled the one the mined set was mined with; with neither, one line."""
+    from omnifer.distill import DistillConfig
+    from omnifer.pools.config import IndexConfig
+
+    root = tmp_path / "own"
+    shutil.copytree(ws["root"], root)
+    own = root / "data" / "mine.toml"  # the labeled data under a name of the user's
+    shutil.copy(root / "data" / "labeled.toml", own)
+    shutil.rmtree(root / ".omnifer" / "runs" / "synth")
+    t = pipeline.train(root, ws["train"].config, data=own)
+    i = pipeline.index(root, IndexConfig(workers=0, device="cpu"), pool=ws["index"].pool)
+    m = pipeline.mine(root, ws["mine_config"], exclude=[root / "data" / "test.toml"])
+    here = Workspace(root)
+    assert i.model == t.member()
+    assert here.locate(m.run.config["labeled"]).resolve() == own.resolve()
+    d = pipeline.distill(root, DistillConfig(images_per_class=1, with_labeled=True,
+                                             device="cpu"), source=m)
+    assert here.locate(d.run.config["labeled"]).resolve() == own.resolve()
+    t.run.path.joinpath("manifest.json").unlink()  # the model's run is gone: nothing recorded
+    with pytest.raises(OmniferError, match="no --labeled given and no synth run") as err:
+        pipeline.mine(root, ws["mine_config"], exclude=[root / "data" / "test.toml"])
+    assert "\n" not in str(err.value)
+
+
 def test_manifests_of_the_previous_layout_still_load(ws, tmp_path):
     """Absolute output paths and top-level configs (the earlier manifest form) load; a
     manifest that lacks an output this version needs is one line naming the run and the fix."""

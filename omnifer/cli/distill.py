@@ -21,7 +21,7 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
               help="Data to distil [default: the latest mine run's dataset].")
 @click.option("--with-labeled", is_flag=True, default=None, help="Add the labeled set to the source.")
 @click.option("--labeled", default=None, callback=existing_ref, help="Labeled data for --with-labeled [default: the "
-              "latest synth run's labeled.toml].")
+              "labeled data the source was mined with, else the latest synth run's labeled.toml].")
 @click.option("--method", default=None,
               help=f"rded (real views the model picks and labels), dm (distribution matching), "
                    f"gm (gradient matching) or tm (trajectories) [{D.method}].")

@@ -43,7 +43,8 @@ from omnifer.mining.mine import MineConfig as D
 @click.option("--index", "index_ref", default=None, metavar="RUN", callback=existing_ref,
               help="Index run [default: the latest one].")
 @click.option("--labeled", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
-              help="Labeled data [default: the latest synth run's labeled.toml].")
+              help="Labeled data [default: the data the index's model was trained on, else the "
+                   "latest synth run's labeled.toml].")
 @click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Must be the model that built the index [default: that model].")
 @click.option("--exclude", multiple=True, metavar="PATH", callback=existing_ref,

@@ -21,7 +21,8 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
             labeled: Any = None, model: Any = None, resume: bool = True,
             progress: Progress | None = None) -> DistillRun:
     """Distil ``source`` (default: the latest mine run's dataset; with
-    ``config.with_labeled``, plus ``labeled``, default the latest synth run's labeled set).
+    ``config.with_labeled``, plus ``labeled``, default the labeled data ``source`` was mined
+    with, else the latest synth run's labeled set).
 
     ``model`` (default: the model that mined ``source``, else the latest train run) scores and
     labels the images of ``rded``, sets the default image size (its input size) and reports
@@ -123,6 +124,8 @@ def source_data(ws: Any, source: Any, with_labeled: bool, labeled: Any, *,
     if source is None:
         source = resolve.run(ws, None, "mine")
     source_path = resolve.data_path(ws, source)
+    if with_labeled and labeled is None:  # what the source was mined with, if it was
+        labeled = resolve.recorded_data(ws, source_path, "mine", "labeled")
     labeled_path = (resolve.synth_output(ws, labeled, "labeled", "--labeled") if with_labeled
                     else None)
     with bar(progress, "reading data", "img") as update:

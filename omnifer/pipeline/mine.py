@@ -19,7 +19,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
          model: Any = None, exclude: Sequence[Any] | None = None,
          on_bad_files: str | None = None, progress: Progress | None = None) -> MineRun:
     """Mine the pool of ``index`` (default: the latest index run) with ``labeled`` data
-    (default: the latest synth run's labeled set). ``model`` must be the one that built the
+    (default: the data the model was trained on, ``--data`` of its train run; else the latest
+    synth run's labeled set). ``model`` must be the one that built the
     index (default: that model); pool faces near an image of ``exclude`` (default: the latest
     synth run's test set) are never mined: faces whose embedding is that close to one of them
     or to its mirror image, and faces whose perceptual hash is that close to one's."""
@@ -42,6 +43,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
             f"model {model_path} is not the one that built {index_run.ref} (fingerprints "
             f"{fp[:12]} vs {str(sidecar.get('model_fingerprint'))[:12]}); mine with that model "
             "(leave out --model) or index the pool again with this one")
+    if labeled is None:  # the model's own training data, else the latest synth run's
+        labeled = resolve.recorded_data(ws, model_path, "train", "data")
     labeled_ref = resolve.synth_output(ws, labeled, "labeled", "--labeled")
     with bar(progress, "reading labeled data", "img") as update:
         data = resolve.read_data(ws, labeled_ref, on_bad_files=on_bad_files, progress=update)

@@ -87,6 +87,18 @@ def synth_output(ws: Workspace, ref: Any, output: str, flag: str = "--data") -> 
     return str(getattr(SynthRun.from_run(found), output))
 
 
+def recorded_data(ws: Workspace, path: Any, stage: str, key: str) -> str | None:
+    """The data the ``stage`` run that wrote ``path`` recorded under ``key`` (the first, for
+    a list): the data a model was trained on, the labeled set a mined set was mined with.
+    None when ``path`` is no such run's output or the data is gone."""
+    run = ws.owner(path) if path is not None else None
+    if run is None or run.stage != stage:
+        return None
+    data = run.config.get(key)
+    data = data[0] if isinstance(data, list) and data else data
+    return str(ws.locate(data)) if data and ws.locate(data).exists() else None
+
+
 def latest_test(ws: Workspace) -> list[str]:
     """The latest synth run's test set, or none when no synth run is known."""
     run = ws.latest("synth")
