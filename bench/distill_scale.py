@@ -7,9 +7,11 @@ recipe on the labeled data plus each arm:
     labeled       nothing more
     mined         the whole mined set
     rded-N        ``omnifer distill --images-per-class N`` (the default method)
+    rded-N-fF     the same with ``--factor F`` (``--factors``; F x F real views per image)
     dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
     random-N      N random mined faces per class
     herding-N     N mined faces per class picked by herding on the primitive model's embeddings
+    ARM+relabel   an arm trained with ``--relabel`` on its source (``--relabel``)
 
 The small arms get ``--share`` of the draws of an epoch on top of the labeled faces' draws
 (``--source-share``), as a user would train with them. Each student is evaluated on the test
@@ -70,9 +72,16 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--dm-ipc", type=int, nargs="*", default=[10],
                     help="images per class of the dm arms (none: no dm arm)")
+    ap.add_argument("--factors", type=int, nargs="+", default=[1],
+                    help="rded --factor values (arms rded-N-fF for F > 1)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
+    ap.add_argument("--relabel", action="store_true",
+                    help="also train every arm but labeled with --relabel on its source "
+                         "(arms named ARM+relabel)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="ARM",
+                    help="train only these arms (the table shows every arm done)")
     ap.add_argument("--out", default=None, help="[WORKSPACE/distill_scale.json]")
     ap.add_argument("--report", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
@@ -91,13 +100,15 @@ def main() -> None:
     folder = ws.root / "distill_scale"
     folder.mkdir(exist_ok=True)
     emb = labeled_embeddings(ws, mined, model, "auto", what="embedding mined faces")
-    todo = [("rded", ipc) for ipc in args.ipc] + [("dm", ipc) for ipc in args.dm_ipc]
-    for method, ipc in todo:
-        key = f"{method}-{ipc}"
+    todo = [("rded", ipc, f) for ipc in args.ipc for f in args.factors] + [
+        ("dm", ipc, 1) for ipc in args.dm_ipc]
+    for method, ipc, factor in todo:
+        key = f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
         if key not in results.get("distill", {}):
             t0 = time.perf_counter()
-            rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method),
-                                   source=mine)
+            options = {"factor": factor} if factor > 1 else {}
+            rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method,
+                                                     **options), source=mine)
             results.setdefault("distill", {})[key] = {
                 "run": rec.ref, "seconds": time.perf_counter() - t0,
                 "agreement": rec.agreement, "filled": rec.filled}
@@ -109,6 +120,9 @@ def main() -> None:
             name = f"{rule}-{ipc}"
             arms[name] = (str(subset(mined, emb, rule, ipc, rule,
                                      folder / f"{name}.parquet")), rule)
+    if args.relabel:
+        arms.update({f"{name}+relabel": (extra, source or "mined")
+                     for name, (extra, source) in list(arms.items()) if extra})
     atomic_write_json(out, results)
 
     if args.report:
@@ -117,11 +131,12 @@ def main() -> None:
     for seed in args.seeds:
         for name, (extra, source) in arms.items():
             key = f"{name}/{seed}"
-            if key in results:
+            if key in results or (args.only and name not in args.only):
                 continue
-            share = ((source, args.share),) if source else ()
+            relabel = (source,) if name.endswith("+relabel") else ()
+            share = ((source, args.share),) if source and source != "mined" else ()
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
-                                 seed=seed, source_share=share)
+                                 seed=seed, source_share=share, relabel=relabel)
             run = pipeline.train(ws, config, extra=[extra] if extra else [], student=True,
                                  teacher=model, resume=False)
             ev = pipeline.evaluate(ws, model=run.ref)

@@ -43,6 +43,9 @@ from omnifer.train.config import TrainConfig as D
 @click.option("--source-share", default=None, metavar="SOURCE=SHARE,...",
               help="Draw a source this share of each epoch, e.g. distilled=0.3 for a small "
                    "distilled set (the other sources keep their draws; the epoch grows).")
+@click.option("--relabel", default=None, metavar="SOURCE,...",
+              help="Student: the teacher labels these sources' faces again on every draw, as "
+                   "random crops (a small distilled set seen many ways), e.g. distilled.")
 @click.option("--patience", type=int, default=None,
               help=f"Early-stopping patience in epochs [{D.patience}].")
 @click.option("--val-fraction", type=float, default=None,

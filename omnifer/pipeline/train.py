@@ -51,6 +51,9 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
     if not student and teacher is None and config.kd != ("output",) and config.generations == 1:
         raise OmniferError(f"kd={','.join(config.kd)} needs a teacher; add --student (and "
                            "--teacher RUN) or --generations 2 or more")
+    if config.relabel and teacher is None and not (student and config.generations == 1):
+        raise OmniferError(f"relabel={','.join(config.relabel)} needs a teacher; add --student "
+                           "(with --generations, also --teacher RUN)")
     ranks = join(resolve_device(config.device))
     check_processes(config.batch_size, ranks.world)
     progress = progress if ranks.main else None

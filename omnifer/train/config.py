@@ -55,6 +55,9 @@ class TrainConfig(StageConfig):
     #: share of the draws per epoch for named sources, e.g. {"distilled": 0.3}; the other
     #: sources keep their draws, so the epoch grows (a small source as if repeated)
     source_share: tuple[tuple[str, float], ...] = ()
+    #: student: sources whose rows the teacher labels again on every draw, as a random crop
+    #: (:mod:`omnifer.train.relabel`): a small distilled set seen many ways
+    relabel: tuple[str, ...] = ()
     # losses
     expression_weight: float = 1.0
     va_weight: float = 1.0
@@ -82,7 +85,7 @@ class TrainConfig(StageConfig):
 
     def __post_init__(self) -> None:
         parse_device(self.device)
-        for name in ("tasks", "balance", "kd"):
+        for name in ("tasks", "balance", "kd", "relabel"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(v.strip() for v in value.split(",") if v.strip() and v != "none")

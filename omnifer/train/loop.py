@@ -41,6 +41,7 @@ from omnifer.train.calibration import fit_temperature
 from omnifer.train.config import TrainConfig, check_processes
 from omnifer.train.distributed import Ranks, gather_parts
 from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
+from omnifer.train.relabel import Relabeler, relabeler_for
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         raise OmniferError("train() got both teachers and soft_targets; pass one source of soft "
                            "labels")
     mcfg = model_config_for(labeled, config, teachers[0].config if teachers else None)
+    relabeler = relabeler_for(labeled, config, [t.to(device) for t in teachers], mcfg)
 
     train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed)
     if ranks.main:
@@ -219,8 +221,9 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         member_dir = out_dir / "members" / str(k)
         history, val = _train_member(
             k, member_dir, seed=config.seed + 1009 * k + 7919 * generation, mcfg=mcfg, config=config, device=device, maker=maker, labels=labels,
-            targets=targets, train_rows=train_rows, val_rows=val_rows, arrays=arrays,
-            weights=weights, draws=draws, loss_cfg=loss_cfg, pos_weight=pos_weight, steps=steps,
+            targets=targets, relabeler=relabeler, train_rows=train_rows, val_rows=val_rows,
+            arrays=arrays, weights=weights, draws=draws, loss_cfg=loss_cfg, pos_weight=pos_weight,
+            steps=steps,
             progress=(lambda done, _t, k=k: progress(k * steps * config.epochs + done,
                                                      total_steps)) if progress else None,
             on_epoch=on_epoch, ranks=ranks)
@@ -278,10 +281,10 @@ def _lr_lambda(config: TrainConfig, steps: int) -> Callable[[int], float]:
 
 
 def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
-                  config: TrainConfig,
-                  device: torch.device, maker: BatchMaker, labels: dict[str, torch.Tensor],
-                  targets: dict[str, torch.Tensor] | None, train_rows: np.ndarray,
-                  val_rows: np.ndarray, arrays: dict[str, np.ndarray], weights: np.ndarray | None,
+                  config: TrainConfig, device: torch.device, maker: BatchMaker,
+                  labels: dict[str, torch.Tensor], targets: dict[str, torch.Tensor] | None,
+                  relabeler: Relabeler | None, train_rows: np.ndarray, val_rows: np.ndarray,
+                  arrays: dict[str, np.ndarray], weights: np.ndarray | None,
                   draws: int, loss_cfg: LossConfig, pos_weight: torch.Tensor | None, steps: int,
                   progress: Progress | None, on_epoch: Callable[[dict[str, Any]], None] | None,
                   ranks: Ranks) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -330,11 +333,13 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
             t0 = time.perf_counter()
             for step in range(steps):
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                x = maker(idx.numpy(), generator=gen if config.augment else None,
-                          part=ranks.part(len(idx)) if ranks.world > 1 else None)
+                part = ranks.part(len(idx)) if ranks.world > 1 else None
+                x = maker(idx.numpy(), generator=gen if config.augment else None, part=part)
                 batch = {key: v[idx].to(device, non_blocking=True) for key, v in labels.items()}
                 teacher = ({key: v[idx].to(device, non_blocking=True) for key, v in targets.items()}
                            if targets is not None else None)
+                if relabeler is not None and teacher is not None:
+                    x, teacher = relabeler(idx, x, teacher, gen, part)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     out = net(x)
                 out = gather_parts({key: v.float() for key, v in out.items()})
