@@ -28,6 +28,7 @@ from typing import Any
 from omnifer.artifacts import ShardedWriter, fingerprint
 from omnifer.data.badfiles import BadFiles
 from omnifer.errors import OmniferError
+from omnifer.pools.content_ids import ContentIds
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.engines import ENGINES
 from omnifer.pools.ledger import BadItem, Ledger
@@ -107,7 +108,7 @@ def _engine_options(engine: str, run: Callable[..., None],
 
 
 def _earlier_work(shards: Sequence[Path], keys: Sequence[str]
-                  ) -> tuple[set[str], set[str], set[str]]:
+                  ) -> tuple[set[str], ContentIds, set[str]]:
     """What earlier shards already hold for the current ``keys``: the keys done, the content
     ids embedded under a current key, and the earlier keys the pool no longer lists.
 
@@ -118,6 +119,6 @@ def _earlier_work(shards: Sequence[Path], keys: Sequence[str]
     for path in shards:
         cols = shard_table_columns(path, ["key", "id", "status"])
         rows += zip(cols["key"], cols["id"], cols["status"])
-    seen = {i for k, i, s in rows if s == "ok" and k in current}
+    seen = ContentIds(i for k, i, s in rows if s == "ok" and k in current)
     done = {k for k, i, s in rows if k in current and (s != "duplicate" or i in seen)}
     return done, seen, {k for k, _, _ in rows if k not in current}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnifer.data.badfiles import BadFiles
+from omnifer.pools.content_ids import ContentIds
 
 Progress = Callable[[int, int], None]
 
@@ -38,7 +39,7 @@ class Ledger:
     ``progress(done, total)`` is told how many of the pool's ``total`` keys are done.
     """
 
-    def __init__(self, *, seen: set[str], counts: dict[str, int], bad: BadFiles, total: int,
+    def __init__(self, *, seen: ContentIds, counts: dict[str, int], bad: BadFiles, total: int,
                  progress: Progress | None = None) -> None:
         self.seen, self.counts, self.bad = seen, counts, bad
         self.total, self.progress = total, progress
@@ -66,12 +67,13 @@ class Ledger:
             self.progress(self.counts["reused"] + done, self.total)
 
 
-def first_seen(rows: list[dict[str, Any]], seen: set[str]) -> list[bool]:
+def first_seen(rows: list[dict[str, Any]], seen: ContentIds) -> list[bool]:
     """Mark rows ok or duplicate (an image whose bytes an earlier key already had)."""
     owner: dict[str, str] = {}
     keep = []
-    for r in rows:
-        first = r["id"] not in seen and owner.setdefault(r["id"], r["key"]) == r["key"]
+    known = seen.known([r["id"] for r in rows])
+    for r, held in zip(rows, known):
+        first = not held and owner.setdefault(r["id"], r["key"]) == r["key"]
         r["status"] = "ok" if first else "duplicate"
         keep.append(first)
     seen.update(owner)

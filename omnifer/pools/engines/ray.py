@@ -35,9 +35,10 @@ For one ``embed_pool`` call, :func:`ray_shards` runs this topology:
   written but not yet marked when the run dies is written again, identically.
 
 Memory of the driver: the row ids of the blocks read but not yet settled, object references,
-and the ledger's set of content ids (which the local engine holds too); crops and embeddings
-stay in the object store and the actors, so the driver's memory does not grow with the
-blocks or shards of the pool. At most ``workers`` blocks plus one shard per actor and one
+the pool's key listing and the ledger's set of content ids (16 bytes per embedded image,
+:mod:`omnifer.pools.content_ids`), both of which the local engine holds too; crops and
+embeddings stay in the object store and the actors, so the driver's memory does not grow
+with the blocks or shards of the pool. At most ``workers`` blocks plus one shard per actor and one
 more are held at once (read, waiting, or queued on an actor), which bounds the object
 store's share too. On a multi-node cluster the pool, the model and the run folder must be
 reachable under the same paths from every node (shared storage).
