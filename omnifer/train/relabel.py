@@ -45,7 +45,8 @@ def crop(x: torch.Tensor, params: torch.Tensor, size: int) -> torch.Tensor:
     (bilinear)."""
     p = params.to(x.device, x.dtype)
     theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+    theta[:, 0, 0], theta[:, 1, 1] = p[:, 0], p[:, 1]  # width, height
+    theta[:, 0, 2], theta[:, 1, 2] = p[:, 2], p[:, 3]  # centre
     grid = F.affine_grid(theta, [len(x), x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

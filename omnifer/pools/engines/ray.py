@@ -38,9 +38,9 @@ Memory of the driver: the row ids of the blocks read but not yet settled, object
 the pool's key listing and the ledger's set of content ids (16 bytes per embedded image,
 :mod:`omnifer.pools.content_ids`), both of which the local engine holds too; crops and
 embeddings stay in the object store and the actors, so the driver's memory does not grow
-with the blocks or shards of the pool. At most ``workers`` blocks plus one shard per actor and one
-more are held at once (read, waiting, or queued on an actor), which bounds the object
-store's share too. On a multi-node cluster the pool, the model and the run folder must be
+with the blocks or shards of the pool. At most ``workers`` blocks plus one shard per actor
+and one more are held at once (read, waiting, or queued on an actor), which bounds the
+object store's share too. On a multi-node cluster the pool, the model and the run folder must be
 reachable under the same paths from every node (shared storage).
 """
 
