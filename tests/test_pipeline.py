@@ -112,8 +112,9 @@ def test_index_runs_without_feature_norms(ws, tmp_path):
 
 
 def test_without_a_synth_run_mine_and_distill_use_the_recorded_labeled_data(ws, tmp_path):
-    """A user's own data (no synth run): mine takes the labeled set the model was trained on,
-    distill --with-labeled the one the mined set was mined with; with neither, one line."""
+    """A user's own data (no synth run): mine and audit take the labeled set the model was
+    trained on, distill --with-labeled the one the mined set was mined with; with neither, one
+    line."""
     from omnifer.distill import DistillConfig
     from omnifer.pools.config import IndexConfig
 
@@ -131,6 +132,8 @@ def test_without_a_synth_run_mine_and_distill_use_the_recorded_labeled_data(ws, 
     d = pipeline.distill(root, DistillConfig(images_per_class=1, with_labeled=True,
                                              device="cpu"), source=m)
     assert here.locate(d.run.config["labeled"]).resolve() == own.resolve()
+    a = pipeline.audit(root, test=[])
+    assert here.locate(a.run.config["data"]).resolve() == own.resolve()
     t.run.path.joinpath("manifest.json").unlink()  # the model's run is gone: nothing recorded
     with pytest.raises(OmniferError, match="no --labeled given and no synth run") as err:
         pipeline.mine(root, ws["mine_config"], exclude=[root / "data" / "test.toml"])

@@ -14,7 +14,8 @@ from omnifer.mining.audit import AuditConfig as D
 @click.command("audit")
 @config_option
 @click.option("--data", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
-              help="Labeled data to audit [default: the latest synth run's labeled.toml].")
+              help="Labeled data to audit [default: the data the model was trained on, else the "
+                   "latest synth run's labeled.toml].")
 @click.option("--model", "model_ref", default=None, metavar="RUN_OR_PATH", callback=existing_ref,
               help="Model whose embeddings are compared (train/<id>[@k] or a checkpoint "
                    "folder) [default: the latest train run].")

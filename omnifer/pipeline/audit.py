@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 def audit(workspace: Any = None, config: Any = None, *, data: Any = None, model: Any = None,
           test: Sequence[Any] | None = None, on_bad_files: str | None = None,
           progress: Progress | None = None) -> AuditRun:
-    """Audit ``data`` (default: the latest synth run's labeled set) with the embeddings of
-    ``model`` (default: the latest train run): label issues and outliers from cross-fitted
+    """Audit ``data`` (default: the data ``model`` was trained on, else the latest synth
+    run's labeled set) with the embeddings of ``model`` (default: the latest train run): label
+    issues and outliers from cross-fitted
     neighbours, near duplicates across its databases and with ``test`` (default: the latest
     synth run's test set; ``[]``: no train/test check). Writes ``audit.parquet``,
     ``audit.csv``, ``suspects.png`` and ``report.md`` into the run."""
@@ -37,6 +38,8 @@ def audit(workspace: Any = None, config: Any = None, *, data: Any = None, model:
         raise OmniferError(f"config is a {type(config).__name__}; pass an AuditConfig")
     model_path = resolve.model_dir(ws, model)
     size = read_model_config(model_path).input_size
+    if data is None:  # the model's own training data, else the latest synth run's
+        data = resolve.recorded_data(ws, model_path, "train", "data")
     data_ref = resolve.synth_output(ws, data, "labeled")
     with bar(progress, "reading labeled data", "img") as update:
         labeled = resolve.read_data(ws, data_ref, on_bad_files=on_bad_files, progress=update)
