@@ -4,12 +4,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from omnifer.data import read_labeled  # noqa: E402
 from omnifer.errors import OmniferError  # noqa: E402
 from omnifer.models import ModelConfig  # noqa: E402
 from omnifer.train import TrainConfig, load_models, train  # noqa: E402
 from omnifer.train.losses import soft_targets  # noqa: E402
 from omnifer.train.relabel import Relabeler, crop, crop_params  # noqa: E402
+from test_train import labeled, teacher  # noqa: E402,F401 - the tiny set and its teacher
 
 FAST = dict(backbone="convnet", input_size=32, epochs=1, batch_size=16, val_fraction=0.3,
             patience=0, device="cpu")
@@ -94,20 +94,9 @@ def test_the_teacher_sees_views_at_its_own_size_and_normalisation():
     assert seen.shape == (1, 3, 16, 16) and torch.allclose(seen, torch.full_like(seen, 0.75))
 
 
-@pytest.fixture(scope="module")
-def labeled(tiny_synth):
-    return read_labeled(tiny_synth.labeled_toml)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(labeled, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    train(labeled, out, config=TrainConfig(**FAST), cache_dir=out / "cache")
-    return out
-
-
-def test_a_student_with_relabel_asks_the_teacher_for_every_drawn_view(labeled, teacher_dir,
+def test_a_student_with_relabel_asks_the_teacher_for_every_drawn_view(labeled, teacher,
                                                                       tmp_path, monkeypatch):
+    teacher_dir, _ = teacher
     source = labeled.sources[0]
     teachers = load_models(teacher_dir)
     calls: list[int] = []
@@ -125,7 +114,8 @@ def test_a_student_with_relabel_asks_the_teacher_for_every_drawn_view(labeled, t
     assert sum(calls) == once
 
 
-def test_relabel_errors_are_one_line(labeled, teacher_dir, tmp_path):
+def test_relabel_errors_are_one_line(labeled, teacher, tmp_path):
+    teacher_dir, _ = teacher
     teachers = load_models(teacher_dir)
     cases = [(dict(relabel="nosuch"), teachers, "relabel names 'nosuch'"),
              (dict(relabel=labeled.sources[0]), (), "needs a teacher")]

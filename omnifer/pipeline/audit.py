@@ -24,9 +24,8 @@ def audit(workspace: Any = None, config: Any = None, *, data: Any = None, model:
           progress: Progress | None = None) -> AuditRun:
     """Audit ``data`` (default: the data ``model`` was trained on, else the latest synth
     run's labeled set) with the embeddings of ``model`` (default: the latest train run): label
-    issues and outliers from cross-fitted
-    neighbours, near duplicates across its databases and with ``test`` (default: the latest
-    synth run's test set; ``[]``: no train/test check). Writes ``audit.parquet``,
+    issues and outliers from cross-fitted neighbours, near duplicates across its databases and
+    with ``test`` (default: the latest synth run's test set; ``[]``: no train/test check). Writes ``audit.parquet``,
     ``audit.csv``, ``suspects.png`` and ``report.md`` into the run."""
     from omnifer.mining.audit import AuditConfig, audit as audit_faces, check_labels
     from omnifer.mining.audit_report import audit_table, summary_lines, write_outputs

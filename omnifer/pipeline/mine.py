@@ -20,10 +20,10 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
          on_bad_files: str | None = None, progress: Progress | None = None) -> MineRun:
     """Mine the pool of ``index`` (default: the latest index run) with ``labeled`` data
     (default: the data the model was trained on, ``--data`` of its train run; else the latest
-    synth run's labeled set). ``model`` must be the one that built the
-    index (default: that model); pool faces near an image of ``exclude`` (default: the latest
-    synth run's test set) are never mined: faces whose embedding is that close to one of them
-    or to its mirror image, and faces whose perceptual hash is that close to one's."""
+    synth run's labeled set). ``model`` must be the one that built the index (default: that
+    model); pool faces near an image of ``exclude`` (default: the latest synth run's test set)
+    are never mined: faces whose embedding is that close to one of them or to its mirror
+    image, and faces whose perceptual hash is that close to one's."""
     from omnifer.artifacts import path_fingerprint, read_json
     from omnifer.mining import MineConfig, check_classes
     from omnifer.mining import mine as mine_pool

@@ -96,7 +96,8 @@ def recorded_data(ws: Workspace, path: Any, stage: str, key: str) -> str | None:
         return None
     data = run.config.get(key)
     data = data[0] if isinstance(data, list) and data else data
-    return str(ws.locate(data)) if data and ws.locate(data).exists() else None
+    path = ws.locate(data) if data else None
+    return str(path) if path is not None and path.exists() else None
 
 
 def latest_test(ws: Workspace) -> list[str]:
