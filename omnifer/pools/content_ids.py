@@ -29,8 +29,8 @@ def _halves(cid: str) -> tuple[int, int] | None:
 
 
 class ContentIds:
-    """``in``, ``known``, ``update`` and ``len`` of a set of content-id strings, in 16 bytes
-    per id."""
+    """``in``, ``known``, ``update``/``add_unseen`` and ``len`` of a set of content-id
+    strings, in 16 bytes per id."""
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._hi = np.zeros(0, np.uint64)  #: sorted
@@ -65,11 +65,15 @@ class ContentIds:
     def update(self, ids: Iterable[str]) -> None:
         it = iter(ids)
         while chunk := list(dict.fromkeys(itertools.islice(it, BUFFER))):
-            for cid, held in zip(chunk, self.known(chunk)):
-                if not held:
-                    (self._recent if _halves(cid) is not None else self._other).add(cid)
-            if len(self._recent) >= BUFFER:
-                self._merge()
+            self.add_unseen([cid for cid, held in zip(chunk, self.known(chunk)) if not held])
+
+    def add_unseen(self, ids: Iterable[str]) -> None:
+        """Add distinct ids that :meth:`known` has just said the set does not hold (what
+        :meth:`update` does after that check)."""
+        for cid in ids:
+            (self._recent if _halves(cid) is not None else self._other).add(cid)
+        if len(self._recent) >= BUFFER:
+            self._merge()
 
     def _merge(self) -> None:
         pairs = np.array([_halves(c) for c in self._recent], dtype=np.uint64).reshape(-1, 2)

@@ -76,5 +76,5 @@ def first_seen(rows: list[dict[str, Any]], seen: ContentIds) -> list[bool]:
         first = not held and owner.setdefault(r["id"], r["key"]) == r["key"]
         r["status"] = "ok" if first else "duplicate"
         keep.append(first)
-    seen.update(owner)
+    seen.add_unseen(owner)  # each id checked above
     return keep
