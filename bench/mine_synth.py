@@ -19,7 +19,8 @@ default run. Per-class true precision and counts are reported too.
 
 ``--ood`` also measures how well each out-of-distribution score of mining tells the pool's
 non-faces and heavily occluded faces from its clear faces (AUROC over the whole pool, the
-low-scoring faces as positives): the k-th labeled neighbour's cosine and the feature norm.
+low-scoring faces as positives): the k-th labeled neighbour's cosine, the feature norm and the
+weakest activation region of the occlusion check.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -94,7 +96,8 @@ def ood_separation(ws: Path, truth: pd.DataFrame, k: int = 10) -> dict[str, dict
     ev = evidence(pool, labeled, labels, len(data.expressions), k=k, floor=-1.0)
     kth = np.full(len(pool), np.nan)
     kth[ev.rows] = ev.neighbour_scores[:, -1]
-    scores = {"k-th neighbour cosine": kth, "feature norm": feature_norms(ids)}
+    scores = {"k-th neighbour cosine": kth, "feature norm": feature_norms(ids),
+              "weakest activation region": weakest_regions(w, index, ids, data)}
     kind = truth.set_index("file").loc[ids["key"], "kind"].to_numpy()
     out = {}
     for name, value in scores.items():
@@ -103,6 +106,18 @@ def ood_separation(ws: Path, truth: pd.DataFrame, k: int = 10) -> dict[str, dict
             sel = np.isin(kind, ["face", what])
             out[name][what] = metrics.auroc(-value[sel], kind[sel] == what)
     return out
+
+
+def weakest_regions(w: Any, index: Any, ids: pd.DataFrame, data: Any) -> Any:
+    """The occlusion check's score (``omnifer.mining.occlusion``) of every pool face."""
+    from omnifer.mining.occlusion import reference_map, weakest_region
+    from omnifer.pipeline.embeddings import labeled_maps
+    from omnifer.pipeline.mine import pool_maps
+    from omnifer.pools import open_pool
+
+    src = open_pool(index.pool, index.source, **index.source_options)
+    maps = pool_maps(index.model, src, ids, detected=index.detect is not None, device="cpu")
+    return weakest_region(maps, reference_map(labeled_maps(w, data, index.model, "cpu")))
 
 
 def main() -> None:

@@ -10,12 +10,8 @@ import pytest
 
 from omnifer.errors import OmniferError
 from omnifer.mining.mine import MineConfig, mine
-from omnifer.mining.uncertainty_filter import (
-    dropped_per_class,
-    filter_result,
-    keep_mask,
-    reheaded,
-)
+from omnifer.mining.drop import dropped_per_class, reheaded
+from omnifer.mining.uncertainty_filter import filter_result, keep_mask
 
 CLASSES = ("a", "b", "c")
 ALL = ("--threshold", "-1", "--k", "3", "--score", "max", "--no-calibrate", "--ood-quantile",

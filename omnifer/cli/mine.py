@@ -54,8 +54,9 @@ from omnifer.mining.mine import MineConfig as D
 @click.option("--folds", type=int, default=None,
               help=f"Cross-fitting folds of the labeled faces for calibration [{D.folds}].")
 @click.option("--ood-quantile", type=float, default=None,
-              help="Reject pool faces whose k-th labeled neighbour is less similar than that "
-                   f"of this share of labeled faces [{D.ood_quantile}; 0: off].")
+              help="Reject pool faces whose k-th-neighbour cosine, feature norm or weakest "
+                   "activation region (occlusion) is below that of this share of labeled "
+                   f"faces [{D.ood_quantile}; 0: off].")
 @click.option("--duplicate-threshold", type=float, default=None,
               help="Cosine at which mined faces are near duplicates, counted once toward "
                    f"caps and balance [{D.duplicate_threshold}].")

@@ -56,8 +56,8 @@ class MineConfig(StageConfig):
     calibrate: bool = True  #: False: the threshold alone, one for every class
     confidence: float = 0.9  #: probability that the calibrated precision bound holds
     folds: int = 5  #: cross-fitting folds of the labeled faces (calibration)
-    #: share of labeled faces whose own k-th-neighbour cosine, and feature norm, a pool face
-    #: must reach (0: off)
+    #: share of labeled faces whose own k-th-neighbour cosine, feature norm and weakest
+    #: activation region (``omnifer.mining.occlusion``) a pool face must reach (0: off)
     ood_quantile: float = 0.1
     #: cosine at which mined faces count as near duplicates of each other (None: off)
     duplicate_threshold: float | None = 0.97

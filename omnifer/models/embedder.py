@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from omnifer.device import resolve_device
+from omnifer.errors import OmniferError
 from omnifer.models.checkpoint import load_models
 
 
@@ -47,14 +50,37 @@ class Embedder:
         out = np.zeros((len(images), self.dim), np.float16)
         norms = np.zeros(len(images), np.float32)
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(np.array(images[start:start + self.batch_size]))
-                x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-                x = (x - self.mean) / self.std
-                if self.half:
-                    x = x.half()
+            for start, x in self._batches(images):
                 f = self.model.features(x)
                 emb = self.model.embedding_norm(f).float()
                 out[start:start + len(emb)] = emb.cpu().numpy()
                 norms[start:start + len(emb)] = f.float().norm(dim=1).cpu().numpy()
         return out, norms
+
+    def activation_maps(self, images: np.ndarray) -> np.ndarray:
+        """float32 [n, h, w]: the norm, at each position, of the backbone's last feature map
+        before it is pooled into the features (what ``omnifer.mining.occlusion`` reads)."""
+        pools = [m for m in self.model.backbone.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+        if not pools:
+            raise OmniferError(f"the {self.model.config.backbone} backbone pools no feature map "
+                               "(no AdaptiveAvgPool2d); it has no activation maps")
+        taken: list[torch.Tensor] = []
+        hook = pools[-1].register_forward_hook(
+            lambda _m, inputs, _out: taken.append(inputs[0].float().norm(dim=1).cpu()))
+        try:
+            with torch.inference_mode():
+                for _, x in self._batches(images):
+                    self.model.features(x)
+        finally:
+            hook.remove()
+        if not taken:
+            return np.zeros((0, 0, 0), np.float32)
+        return torch.cat(taken).numpy()
+
+    def _batches(self, images: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """(offset, normalised input batch on the device) over ``images`` [n, S, S, 3] uint8."""
+        for start in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.array(images[start:start + self.batch_size]))
+            x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            x = (x - self.mean) / self.std
+            yield start, (x.half() if self.half else x)

@@ -57,3 +57,29 @@ def labeled_features(ws: Workspace, data: Any, model: Path, device: str, *,
         with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
     return emb, norms
+
+
+def labeled_maps(ws: Workspace, data: Any, model: Path, device: str, *,
+                 progress: Progress | None = None) -> np.ndarray:
+    """float16 ``[N, h, w]`` activation maps (``Embedder.activation_maps``) of ``data``'s
+    images by the checkpoint at ``model``, cached like their embeddings."""
+    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
+    from omnifer.data.cache import cache_key, decoded_images
+    from omnifer.models import read_model_config
+    from omnifer.models.embedder import Embedder
+
+    size = read_model_config(model).input_size
+    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
+                       "images": cache_key(data, size), "maps": "activation-norm"})
+    path = ws.cache_dir / "embeddings" / f"{key}.maps.npy"
+    if path.is_file():
+        return np.load(path)
+    with bar(progress, "reading labeled faces", "img") as update:
+        images = decoded_images(data, size, image_cache(ws), progress=update)
+    embedder = Embedder(model, device=device, batch_size=64)
+    maps = np.concatenate([embedder.activation_maps(images[i:i + 1024]).astype(np.float16)
+                           for i in range(0, len(images), 1024)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, maps)
+    return maps

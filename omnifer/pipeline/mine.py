@@ -11,7 +11,7 @@ import numpy as np
 
 from omnifer.errors import OmniferError
 from omnifer.pipeline import resolve
-from omnifer.pipeline.embeddings import labeled_embeddings, labeled_features
+from omnifer.pipeline.embeddings import labeled_embeddings, labeled_features, labeled_maps
 from omnifer.pipeline.progress import Progress, bar
 from omnifer.records import IndexRun, MineRun
 
@@ -98,6 +98,17 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                 "neighbour check rejected out-of-distribution faces; run omnifer index again "
                 "to add them")
         rows = ids.iloc[result.rows].reset_index(drop=True)
+        occlusion = None
+        if config.ood_quantile > 0 and len(rows):
+            from omnifer.mining.occlusion import drop_occluded
+
+            maps = pool_maps(model_path, src, rows, detected=index_run.detect is not None,
+                             device=config.device, progress=progress)
+            result, occlusion = drop_occluded(
+                result, maps, labeled_maps(ws, data, model_path, config.device,
+                                           progress=progress),
+                quantile=config.ood_quantile, classes=classes)
+            rows = ids.iloc[result.rows].reset_index(drop=True)
         epistemic, uncertain = None, None
         if config.max_uncertainty is not None:
             from omnifer.mining.uncertainty_filter import filter_result
@@ -127,7 +138,8 @@ def mine(workspace: Any = None, config: Any = None, *, index: Any = None, labele
                      similarity="cosine of L2-normalised embeddings", search=result.search,
                      thresholds=class_rows(result, classes), estimate=estimate,
                      recall=result.recall, calibration_curve=result.calibration.curve(50),
-                     ood_cut=result.ood_cut, norm_cut=result.norm_cut, uncertainty=uncertain,
+                     ood_cut=result.ood_cut, norm_cut=result.norm_cut, occlusion=occlusion,
+                     uncertainty=uncertain,
                      summary=summary_lines(result, classes))
         shutil.rmtree(run.path / "evidence", ignore_errors=True)
     return MineRun.from_run(run)
@@ -180,6 +192,19 @@ def epistemic_uncertainty(models: Sequence[Any], source: Any, rows: Any, *, dete
     how = (f"ensemble of {len(models)} members" if len(models) > 1 else
            f"Monte-Carlo dropout, {config.mc_passes} passes at rate {cfg.dropout:g}")
     return out, how
+
+
+def pool_maps(model_path: Any, source: Any, rows: Any, *, detected: bool, device: str,
+              progress: Progress | None = None) -> np.ndarray:
+    """float32 [n, h, w]: the activation maps (``Embedder.activation_maps``) of the pool faces
+    of ``rows`` (key, face, landmarks) by the model at ``model_path``."""
+    from omnifer.mining.output import face_crops
+    from omnifer.models.embedder import Embedder
+
+    embedder = Embedder(model_path, device=device, batch_size=64)
+    with bar(progress, "checking mined faces for occlusion", "img") as update:
+        return np.concatenate([embedder.activation_maps(crops) for crops in face_crops(
+            source, rows, detected=detected, size=embedder.size, progress=update)])
 
 
 def primitive_members(ws: Any, model_path: Any) -> list[Any]:
