@@ -100,6 +100,8 @@ def test_drop_occluded_leaves_out_exactly_the_faces_below_the_labeled_quantile()
                                            for i, c in enumerate(CLASSES)}
     assert np.isin(out.duplicate_of[out.duplicate_of >= 0], out.rows).all()
     assert out.notes[-1].startswith(f"occlusion: {int(gone.sum())} of {len(pool)}")
+    labeled_scores, checked, at = out.occlusion  # for the report's panel
+    assert len(labeled_scores) == 200 and np.array_equal(checked, scores) and at == record["cut"]
     with pytest.raises(OmniferError, match="give one per mined face"):
         drop_occluded(result, pool[:-1], labeled, quantile=0.1, classes=CLASSES)
 

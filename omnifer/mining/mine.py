@@ -161,6 +161,9 @@ class MineResult:
     recall: dict[str, Any] | None = None  #: approximate search against exact, on a sample
     search: str = "exact"
     notes: list[str] = field(default_factory=list)
+    #: the occlusion check, for the report: the labeled faces' and the checked mined faces'
+    #: weakest-region scores and the cut (``omnifer.mining.occlusion``; None: not run)
+    occlusion: tuple[np.ndarray, np.ndarray, float] | None = None
 
 
 def check_classes(labels: np.ndarray, classes: Sequence[str],

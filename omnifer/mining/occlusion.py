@@ -17,6 +17,7 @@ numpy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,7 +76,8 @@ def drop_occluded(result: MineResult, pool_maps: np.ndarray, labeled_maps: np.nd
         raise OmniferError(f"{len(pool_maps)} activation maps for {len(result.rows)} mined "
                            "faces; give one per mined face")
     reference = reference_map(labeled_maps)
-    cut = ood_cut(weakest_region(labeled_maps, reference), quantile)
+    labeled = weakest_region(labeled_maps, reference)
+    cut = ood_cut(labeled, quantile)
     scores = weakest_region(pool_maps, reference)
     keep = scores >= cut
     n = int((~keep).sum())
@@ -85,7 +87,8 @@ def drop_occluded(result: MineResult, pool_maps: np.ndarray, labeled_maps: np.nd
             "check")
     record = {"cut": cut, "window": window_side(min(reference.shape)), "scored": len(keep),
               "dropped": n, "dropped_per_class": dropped_per_class(result.labels, keep, classes)}
-    return without(result, keep, classes=classes, counter="ood_occluded", note=note), record
+    out = without(result, keep, classes=classes, counter="ood_occluded", note=note)
+    return dataclasses.replace(out, occlusion=(labeled, scores, cut)), record
 
 
 def _checked(maps: np.ndarray) -> np.ndarray:

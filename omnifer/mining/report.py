@@ -58,13 +58,16 @@ def histograms(result: MineResult, path: Path, classes: Sequence[str]) -> Path:
 
 
 def out_of_distribution(result: MineResult, path: Path) -> Path:
-    """Each out-of-distribution score of the pool's candidates against the labeled faces' own
-    (the calibration faces), with the cut below which pool faces are rejected."""
+    """Each out-of-distribution score of the pool's candidates (of the occlusion check: the
+    faces it checked) against the labeled faces' own, with the cut below which pool faces are
+    rejected."""
     cal, ev = result.calibration, result.evidence
     panels = [(f"{result_k(result)}-th labeled neighbour's cosine", cal.kth,
                ev.neighbour_scores[:, -1] if len(ev.rows) else np.zeros(0), result.ood_cut)]
     if cal.norm is not None and result.candidate_norms is not None:
         panels.append(("feature norm", cal.norm, result.candidate_norms, result.norm_cut))
+    if result.occlusion is not None:
+        panels.append(("weakest activation region (mined faces)", *result.occlusion))
     fig = figure(4.2 * len(panels), 3.2)
     for i, (title, labeled, pool, cut) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
