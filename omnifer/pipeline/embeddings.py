@@ -31,55 +31,64 @@ def labeled_features(ws: Workspace, data: Any, model: Path, device: str, *,
                      mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """:func:`labeled_embeddings` and the float32 ``[N]`` feature norms of the same images
     (``Embedder.features``)."""
-    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
-    from omnifer.data.cache import cache_key, decoded_images
-    from omnifer.models import read_model_config
-    from omnifer.models.embedder import Embedder
-
-    size = read_model_config(model).input_size
-    parts = {"model": path_fingerprint(model / "model.safetensors"),
-             "images": cache_key(data, size)}
-    key = fingerprint({**parts, "mirrored": True} if mirrored else parts)
-    path = ws.cache_dir / "embeddings" / f"{key}.npy"
+    path = _cache_file(ws, data, model, mirrored=mirrored)
     norm_path = path.with_suffix(".norm.npy")
     if path.is_file() and norm_path.is_file():
         return np.load(path), np.load(norm_path)
-    with bar(progress, what, "img") as update:
-        images = decoded_images(data, size, image_cache(ws), progress=update)
-    embedder = Embedder(model, device=device, batch_size=64)
+    images, embedder = _images_and_model(ws, data, model, device, progress, what)
     step = -1 if mirrored else 1
     out = [embedder.features(np.ascontiguousarray(images[i:i + 1024, :, ::step]))
            for i in range(0, len(images), 1024)]
     emb = np.concatenate([e for e, _ in out] or [np.zeros((0, embedder.dim), np.float16)])
     norms = np.concatenate([n for _, n in out] or [np.zeros(0, np.float32)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, array in ((norm_path, norms), (path, emb)):  # the embeddings last
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array)
+    _save(norm_path, norms)
+    _save(path, emb)  # the embeddings last: they mark the entry complete
     return emb, norms
 
 
 def labeled_maps(ws: Workspace, data: Any, model: Path, device: str, *,
                  progress: Progress | None = None) -> np.ndarray:
     """float16 ``[N, h, w]`` activation maps (``Embedder.activation_maps``) of ``data``'s
-    images by the checkpoint at ``model``, cached like their embeddings."""
-    from omnifer.artifacts import atomic_path, fingerprint, path_fingerprint
-    from omnifer.data.cache import cache_key, decoded_images
-    from omnifer.models import read_model_config
-    from omnifer.models.embedder import Embedder
-
-    size = read_model_config(model).input_size
-    key = fingerprint({"model": path_fingerprint(model / "model.safetensors"),
-                       "images": cache_key(data, size), "maps": "activation-norm"})
-    path = ws.cache_dir / "embeddings" / f"{key}.maps.npy"
+    images by the checkpoint at ``model``, cached beside their embeddings."""
+    path = _cache_file(ws, data, model).with_suffix(".maps.npy")
     if path.is_file():
         return np.load(path)
-    with bar(progress, "reading labeled faces", "img") as update:
-        images = decoded_images(data, size, image_cache(ws), progress=update)
+    images, embedder = _images_and_model(ws, data, model, device, progress,
+                                         "reading labeled faces")
+    maps = [embedder.activation_maps(images[i:i + 1024]).astype(np.float16)
+            for i in range(0, len(images), 1024)]
+    _save(path, np.concatenate(maps) if maps else np.zeros((0, 0, 0), np.float16))
+    return np.load(path)
+
+
+def _cache_file(ws: Workspace, data: Any, model: Path, *, mirrored: bool = False) -> Path:
+    """The cache entry (``.npy``) of ``data``'s images under the checkpoint at ``model``."""
+    from omnifer.artifacts import fingerprint, path_fingerprint
+    from omnifer.data.cache import cache_key
+    from omnifer.models import read_model_config
+
+    size = read_model_config(model).input_size
+    parts = {"model": path_fingerprint(model / "model.safetensors"),
+             "images": cache_key(data, size)}
+    key = fingerprint({**parts, "mirrored": True} if mirrored else parts)
+    return ws.cache_dir / "embeddings" / f"{key}.npy"
+
+
+def _images_and_model(ws: Workspace, data: Any, model: Path, device: str,
+                      progress: Progress | None, what: str) -> tuple[np.ndarray, Any]:
+    """``data``'s decoded images at the model's input size and the model as an ``Embedder``."""
+    from omnifer.data.cache import decoded_images
+    from omnifer.models.embedder import Embedder
+
     embedder = Embedder(model, device=device, batch_size=64)
-    maps = np.concatenate([embedder.activation_maps(images[i:i + 1024]).astype(np.float16)
-                           for i in range(0, len(images), 1024)])
+    with bar(progress, what, "img") as update:
+        images = decoded_images(data, embedder.size, image_cache(ws), progress=update)
+    return images, embedder
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    from omnifer.artifacts import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, maps)
-    return maps
+        np.save(fh, array)
