@@ -21,7 +21,9 @@ from omnifer.models import ModelConfig, build_model, save_checkpoint  # noqa: E4
 from omnifer.pools import open_pool  # noqa: E402
 from omnifer.pools.embed import embed_pool  # noqa: E402
 from omnifer.pools.embed_config import EmbedConfig  # noqa: E402
+from omnifer.pools.content_ids import ContentIds  # noqa: E402
 from omnifer.pools.engines import ray as ray_engine  # noqa: E402
+from omnifer.pools.source import PoolSource  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -74,6 +76,14 @@ def shard_files(out):
     return files, json.loads((folder / "progress.json").read_text())["complete"]
 
 
+def stop_after(n):
+    """A progress callback that stops the run once ``n`` keys are done."""
+    def progress(done, total):
+        if done >= n:
+            raise Interrupted
+    return progress
+
+
 def run(src, out, config, engine, **kwargs):
     kwargs.setdefault("workers", 2 if engine == "ray" else 0)
     return embed_pool(src, out, config=config, engine=engine, on_bad_files="skip", **kwargs)
@@ -117,6 +127,33 @@ def test_detection_runs_in_ray_tasks_like_local(ray_local, model_dir, tmp_path, 
 
 
 @pytest.mark.slow
+def test_the_ray_driver_neither_lists_nor_checks_duplicates(ray_local, setup, tmp_path,
+                                                            monkeypatch):
+    """The pool is listed in a Ray task, the readers take their keys from the run's key file,
+    and the duplicate check runs in an actor: a driver that can neither list a pool nor look
+    up a content id writes the local engine's shards and bad items all the same, and
+    resumes."""
+    pool, config = setup
+    local = run(open_pool(pool), tmp_path / "local", config, "local")
+
+    def refuse(*args):
+        raise AssertionError("the driver listed the pool or looked up a content id")
+
+    monkeypatch.setattr(PoolSource, "_listed", refuse)
+    monkeypatch.setattr(ContentIds, "known", refuse)
+    ray = run(open_pool(pool), tmp_path / "ray", config, "ray")
+    assert ray.counts == local.counts and ray.bad == local.bad and len(ray.bad) == 1
+    assert shard_files(tmp_path / "ray") == shard_files(tmp_path / "local")
+    out = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        run(open_pool(pool), out, config, "ray", progress=stop_after(40))
+    assert (out / "keys" / "offsets.npy").is_file()
+    assert run(open_pool(pool), out, config, "ray").counts == local.counts
+    assert shard_files(out) == shard_files(tmp_path / "local")
+    assert not (out / "keys").exists()
+
+
+@pytest.mark.slow
 def test_model_actors_are_started_once_per_call(ray_local, setup, tmp_path, monkeypatch):
     pool, config = setup
     started = []
@@ -143,12 +180,6 @@ def test_interrupted_runs_resume_with_either_engine(ray_local, setup, tmp_path, 
     whole = run(src, tmp_path / "whole", config, "local")
     cancelled = []
     monkeypatch.setattr(ray_local, "cancel", lambda *a, **k: cancelled.append(a))
-
-    def stop_after(n):
-        def progress(done, total):
-            if done >= n:
-                raise Interrupted
-        return progress
 
     for first, then in (("ray", "ray"), ("ray", "local"), ("local", "ray")):
         out = tmp_path / f"{first}-{then}"

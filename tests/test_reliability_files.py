@@ -165,7 +165,11 @@ def test_injected_enospc_while_gathering_is_one_line(pool, model_dir, tmp_path, 
 
     config = IndexConfig(workers=0, device="cpu", shard_size=16)
 
-    def full(fd, offset, length):
+    reserve = os.posix_fallocate
+
+    def full(fd, offset, length):  # the gathered embeddings only, not the shards
+        if os.path.basename(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))) == "shards":
+            return reserve(fd, offset, length)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)

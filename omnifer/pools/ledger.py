@@ -34,12 +34,14 @@ class Ledger:
     """Duplicates and counts of one run, settled chunk by chunk in key order.
 
     ``seen`` holds the content ids already embedded under a current key (it grows as chunks
-    are settled); ``counts`` the run's counts so far (``items``, ``faces``, ``duplicates``,
+    are settled; the ray engine's ledger has an object reference to them instead, for its
+    duplicate-check actor, and takes the settled counts with :meth:`add`); ``counts`` the run's
+    counts so far (``items``, ``faces``, ``duplicates``,
     ``bad``, ``no_face``, ``reused``, ``vanished``); ``bad`` applies the bad-file policy;
     ``progress(done, total)`` is told how many of the pool's ``total`` keys are done.
     """
 
-    def __init__(self, *, seen: ContentIds, counts: dict[str, int], bad: BadFiles, total: int,
+    def __init__(self, *, seen: ContentIds | Any, counts: dict[str, int], bad: BadFiles, total: int,
                  progress: Progress | None = None) -> None:
         self.seen, self.counts, self.bad = seen, counts, bad
         self.total, self.progress = total, progress
@@ -58,6 +60,14 @@ class Ledger:
         self.counts["faces"] += keep.count(True)
         self.counts["items"] += len({r["key"] for r in rows} | {s["key"] for s in skipped})
         return keep
+
+    def add(self, counts: dict[str, int], bad: list[BadItem]) -> None:
+        """Add what another ledger settled (the ray engine's duplicate check): its ``bad``
+        items under this ledger's policy, then its ``counts``."""
+        for item in bad:
+            self.bad.add(item)
+        for name, n in counts.items():
+            self.counts[name] += n
 
     def report(self, items: int | None = None) -> None:
         """Tell ``progress`` that ``items`` keys of this run are done (earlier invocations

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifer.artifacts import ShardedWriter, atomic_path
+from omnifer.artifacts import ShardedWriter, atomic_path, atomic_write_npy
 from omnifer.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,8 @@ def write_shard_files(path: Path, rows: list[dict[str, Any]],
         NORM_COLUMN: pa.array([float(norms[i]) if i >= 0 else None for i in row],
                               pa.float32()),
     })
-    with atomic_path(path.with_suffix(".npy")) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, emb)
+    # ordinary writes (np.save's tofile gives a full disk no errno)
+    atomic_write_npy(path.with_suffix(".npy"), [emb], shape=emb.shape, dtype=emb.dtype)
     with atomic_path(path) as tmp:  # the table last: a table in place has its embeddings
         pq.write_table(table, tmp)
     return table.num_rows

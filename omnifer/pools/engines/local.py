@@ -1,8 +1,9 @@
 """The local engine: chunks of keys read in DataLoader worker processes on this machine, the
 model on the driver.
 
-:func:`local_shards` writes a run's shards one after the other: the chunks of each shard are
-read by :func:`local_chunks`, settled in the run's ledger (duplicates, counts), and their kept
+:func:`local_prepare` lists the pool in this process. :func:`local_shards` writes a run's shards
+one after the other: the keys of each shard are read from the run's key file, its chunks by
+:func:`local_chunks`, settled in the run's ledger (duplicates, counts), and their kept
 crops embedded on the driver in batches (duplicates left out). Workers end when the driver
 process dies.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,16 @@ class ChunkDataset:
         return read_chunk(self.source, self.chunks[i], size=self.size, detector=self.detector)
 
 
+def local_prepare(task: Callable[..., Any], *args: Any, workers: int = 2) -> Any:
+    """``task(*args)``: the run is prepared in this process."""
+    return task(*args)
+
+
 def local_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 2) -> None:
     """Write every shard of ``plan``, in order, each marked complete once written."""
     embed = DriverEmbedder(plan.config)
-    for j, shard_keys in enumerate(plan.shards):
+    for j in range(len(plan)):
+        shard_keys = plan.keys.slice(*plan.bounds(j))
         rows: list[dict[str, Any]] = []
         embeddings: list[Embedded] = []
         batcher = ChunkBatcher(embed, plan.config.batch_size)

@@ -1,47 +1,57 @@
 """The ray engine: a pool's shards read, embedded and written on a Ray cluster; the driver only
 coordinates.
 
-For one ``embed_pool`` call, :func:`ray_shards` runs this topology:
+For one ``embed_pool`` call, :func:`ray_prepare` and :func:`ray_shards` run this topology:
 
+* **The pool is listed in a Ray task**: :func:`ray_prepare` runs the run's preparation
+  (:func:`omnifer.pools.prepare.prepare`) in a CPU task of its own worker process, which lists
+  the pool, reads the earlier shards and writes the keys left to embed to the run's key file
+  (:class:`~omnifer.pools.keyfile.KeyFile`). The driver fetches only the counts; the content
+  ids already embedded and the listed source stay in the object store, for the duplicate
+  check and the reading tasks.
 * **Work items are blocks of keys**: ``block`` keys (default :data:`BLOCK`, at most one
-  shard's), cut inside a shard at the local engine's 64-key chunks, never across two shards.
-  Each block is one Ray CPU task (:func:`~omnifer.pools.engines.ray_workers.read_block`) that
-  reads, decodes, (detects and aligns,) and resizes it, and returns two objects: the block's
-  row ids (key and content id per crop, plus the skipped items) and the block itself (crops
-  and full rows), which stays in the object store. At most ``workers`` blocks are read at
-  once.
+  shard's), cut inside a shard at the local engine's 64-key chunks, never across two shards,
+  and named by their positions in the key file. Each block is one Ray CPU task
+  (:func:`~omnifer.pools.engines.ray_workers.read_block`) that reads its keys from the key
+  file, then reads, decodes, (detects and aligns,) and resizes the items, and returns two
+  objects: the block's row ids (key and content id per crop, plus the skipped items) and the
+  block itself (crops and full rows), which stays in the object store. At most ``workers``
+  blocks are read at once.
+* **Duplicates and counts are settled by one actor, in key order**
+  (:class:`~omnifer.pools.engines.ray_workers.DuplicateCheck`, which holds the run's content
+  ids). Duplicate detection is global: an image whose bytes an earlier key already had (in
+  this shard, an earlier shard or an earlier run) is a ``duplicate`` and is not embedded. The
+  driver queues each block's settling when it starts reading the block, so the actor settles
+  the blocks strictly in key order (Ray runs one caller's calls to an actor in the order they
+  were made, each once its arguments are ready), chunk by chunk, with
+  :class:`~omnifer.pools.ledger.Ledger`, the very code the local engine runs; so statuses,
+  counts and the set of embedded crops are the local engine's. The driver fetches each
+  block's counts and unreadable items (in key order) and applies the bad-file policy.
 * **The model runs in long-lived actors**
   (:class:`~omnifer.pools.engines.ray_workers.ShardEmbedder`): one per GPU when the cluster
   has GPUs and the device is not ``cpu``, else ``workers`` CPU actors (fewer where the
   cluster has too few CPUs to leave one for reading). They are created once per call and
   ended when it returns.
-* **Duplicates and counts are settled on the driver, in key order.** Duplicate detection is
-  global: an image whose bytes an earlier key already had (in this shard, an earlier shard or
-  an earlier run) is a ``duplicate`` and is not embedded. The driver fetches only the row ids
-  of each block and settles the blocks strictly in key order, chunk by chunk, in the run's
-  :class:`~omnifer.pools.ledger.Ledger`, the very code the local engine runs; so statuses,
-  counts and the set of embedded crops are the local engine's.
-* **Each shard is embedded and written by one actor.** A shard's first settled block goes to
-  the least busy actor, and its other blocks follow to the same actor, with their per-row keep
-  masks; the actor embeds the kept crops in the local engine's batches
-  (:class:`~omnifer.pools.batching.ChunkBatcher`, whose batches may span two blocks) and,
-  after the last block, writes the shard's ``.npy`` and ``.parquet``
+* **Each shard is embedded and written by one actor.** A shard's first block goes to the
+  least busy actor, and its other blocks follow to the same actor, each with its per-row keep
+  masks from the duplicate check; the actor embeds the kept crops in the local engine's
+  batches (:class:`~omnifer.pools.batching.ChunkBatcher`, whose batches may span two blocks)
+  and, after the last block, writes the shard's ``.npy`` and ``.parquet``
   (:func:`~omnifer.pools.shards.write_shard_files`): the local engine's files, byte for byte,
   where the model's kernels give the same numbers in both processes.
 * **The driver marks shards complete in shard order.** Only the driver writes
-  ``progress.json``, and a shard is marked once it and every shard before it are written; so
-  the completed shards are always the prefix an uninterrupted run writes first, a killed run
-  resumes exactly like a local one, and either engine resumes the other's shards. A shard
-  written but not yet marked when the run dies is written again, identically.
+  ``progress.json``, and a shard is marked once it and every shard before it are written and
+  counted; so the completed shards are always the prefix an uninterrupted run writes first, a
+  killed run resumes exactly like a local one, and either engine resumes the other's shards.
+  A shard written but not yet marked when the run dies is written again, identically.
 
-Memory of the driver: the row ids of the blocks read but not yet settled, object references,
-the pool's key listing and the ledger's set of content ids (16 bytes per embedded image,
-:mod:`omnifer.pools.content_ids`), both of which the local engine holds too; crops and
-embeddings stay in the object store and the actors, so the driver's memory does not grow
-with the blocks or shards of the pool. At most ``workers`` blocks plus one shard per actor
-and one more are held at once (read, waiting, or queued on an actor), which bounds the
-object store's share too. On a multi-node cluster the pool, the model and the run folder must be
-reachable under the same paths from every node (shared storage).
+Memory of the driver: object references, and the counts and unreadable items of one block at
+a time; the pool's listing, the keys, the content ids, the crops and the embeddings stay in
+Ray's tasks, actors and object store and in the key file, so the driver's memory does not
+grow with the pool. At most ``workers`` blocks plus one shard per actor and one more are held
+at once (read, settled, or queued on an actor), which bounds the object store's share too.
+On a multi-node cluster the pool, the model and the run folder must be reachable under the
+same paths from every node (shared storage).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import atexit
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +75,24 @@ log = logging.getLogger(__name__)
 BLOCK = 2048  #: keys per Ray reading task by default (never more than a shard's)
 
 
+def ray_prepare(task: Callable[..., Any], source: Any, *args: Any, workers: int = 1
+                ) -> tuple[Any, Any, Any]:
+    """``task(source, *args)`` (which returns what it found, the content ids already embedded
+    and the listed source) in a Ray CPU task whose worker process ends with it; returns what
+    it found, and object references to the ids and the source, which the driver never
+    fetches."""
+    ray = connect(workers)
+    remote = ray.remote(num_cpus=1, num_returns=3, max_calls=1)(task)
+    found, seen, listed = remote.remote(source, *args)
+    try:
+        return ray.get(found), seen, listed
+    except Exception as exc:
+        cause = _omnifer_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def ray_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 1,
                block: int | None = None) -> None:
     """Write every shard of ``plan`` on the Ray cluster (``RAY_ADDRESS``, the running instance,
@@ -72,17 +101,18 @@ def ray_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 1,
     64-key chunks)."""
     if block is not None and int(block) < 1:
         raise OmniferError(f"block is {block}; use at least 1 key per Ray task")
-    if not plan.shards:
+    if not len(plan):
         return
     ray = connect(workers)
     gpus, n_actors = actor_count(ray, plan.config, workers)
     # a short run (a few new files) starts no more actors than it has shards
-    actors = start_model_actors(ray, min(n_actors, len(plan.shards)), plan.config,
+    actors = start_model_actors(ray, min(n_actors, len(plan)), plan.config,
                                 gpu=bool(gpus))
+    check = start_duplicate_check(ray, ledger.seen)
     size = min(int(block or BLOCK), plan.config.shard_size)
     run = None
     try:
-        run = _Pipeline(ray, plan, ledger, actors, readers=max(int(workers), 1),
+        run = _Pipeline(ray, plan, ledger, actors, check, readers=max(int(workers), 1),
                         step=-(-size // CHUNK) * CHUNK)
         run.run()
     except Exception as exc:
@@ -93,7 +123,7 @@ def ray_shards(plan: ShardPlan, ledger: Ledger, *, workers: int = 1,
     finally:
         if run is not None:
             run.stop()
-        for actor in actors:
+        for actor in [*actors, check]:
             ray.kill(actor)
 
 
@@ -131,111 +161,128 @@ def start_model_actors(ray: Any, n: int, config: EmbedConfig, *, gpu: bool) -> l
     return [cls.remote(config.model, device, config.batch_size) for _ in range(n)]
 
 
+def start_duplicate_check(ray: Any, seen: Any) -> Any:
+    """The run's duplicate-check actor (:class:`DuplicateCheck`), given the content ids
+    already embedded (``seen``: their object reference, which the driver never fetches)."""
+    from omnifer.pools.engines.ray_workers import DuplicateCheck
+
+    return ray.remote(DuplicateCheck).options(num_cpus=0).remote(seen)
+
+
 @dataclass
 class _Block:
     """One work item on its way: a block of keys of shard ``shard``."""
 
     shard: int
     last: bool  #: the shard's last block
-    data: Any  #: object reference of the block (crops and rows)
-    ids: Any = None  #: the block's row ids, once read
+    tally: Any  #: reference of the block's counts and bad items, from the duplicate check
 
 
 class _Pipeline:
-    """The driver's loop: read blocks, settle them in key order, stream each shard's blocks to
-    one actor, mark the written shards complete in shard order."""
+    """The driver's loop: read blocks, have the duplicate check settle them in key order,
+    stream each shard's blocks to one actor, count them, mark the written shards complete in
+    shard order."""
 
-    def __init__(self, ray: Any, plan: ShardPlan, ledger: Ledger, actors: list[Any], *,
-                 readers: int, step: int) -> None:
+    def __init__(self, ray: Any, plan: ShardPlan, ledger: Ledger, actors: list[Any],
+                 check: Any, *, readers: int, step: int) -> None:
         from omnifer.pools.engines.ray_workers import read_block
 
         self.ray, self.plan, self.ledger, self.actors = ray, plan, ledger, actors
+        self.check = check  # the duplicate-check actor
         self.readers = readers
         self.read = ray.remote(read_block).options(num_cpus=1, num_returns=2)
-        self.source = [ray.put(plan.source)]  # wrapped: see read_block
-        self.blocks = ((j, keys[i:i + step], i + step >= len(keys))
-                       for j, keys in enumerate(plan.shards) for i in range(0, len(keys), step))
-        self.next_block: tuple[int, list[str], bool] | None = next(self.blocks, None)
-        # blocks held (being read, waiting, or queued on an actor) at most: one shard per
+        self.source = [plan.source]  # wrapped: see read_block
+        self.blocks = ((j, i, min(i + step, stop), i + step >= stop)
+                       for j in range(len(plan)) for start, stop in [plan.bounds(j)]
+                       for i in range(start, stop, step))
+        self.next_block: tuple[int, int, int, bool] | None = next(self.blocks, None)
+        # blocks held (being read, settled, or queued on an actor) at most: one shard per
         # actor and one more, besides the blocks being read
         self.window = readers + (len(actors) + 1) * -(-plan.config.shard_size // step)
         self.held = 0
-        self.order: deque[_Block] = deque()  # blocks not settled yet, in key order
-        self.reading: dict[Any, _Block] = {}  # ids reference -> block
+        self.reading: set[Any] = set()  # ids references of the blocks being read
+        self.counting: deque[_Block] = deque()  # blocks not counted yet, in key order
         self.adding: dict[Any, int] = {}  # reference of a block's embedding -> actor
         self.writing: dict[Any, int] = {}  # reference of a shard's writing -> shard
         self.load = [0] * len(actors)  # blocks queued on each actor
         self.owner: dict[int, int] = {}  # shard being embedded -> its actor
-        self.items: dict[int, int] = {}  # shard -> its items, counted as settled
+        self.items: dict[int, int] = {}  # shard -> its items, counted so far
+        self.counted = 0  # shards all of whose blocks are counted
         self.written: dict[int, int] = {}  # shard -> rows, written but not yet marked
         self.marked = 0  # shards marked complete so far
         self.committed_items = ledger.earlier_items
 
     def run(self) -> None:
-        self._submit_reads()  # reading starts while the actors load the model
+        self._submit()  # reading starts while the actors load the model
         self.ray.get([actor.ready.remote() for actor in self.actors])  # a bad model fails here
-        while self.marked < len(self.plan.shards):
-            self._settle()
-            self._submit_reads()
-            waiting = [*self.reading, *self.adding, *self.writing]
+        while self.marked < len(self.plan):
+            self._submit()
+            # tallies come in key order (the check settles in order): wait for the next one
+            waiting = [*self.reading, *[b.tally for b in list(self.counting)[:1]],
+                       *self.adding, *self.writing]
             if not waiting:  # cannot happen while a shard is unmarked; never wait forever
-                raise RuntimeError(f"ray engine: {self.marked} of {len(self.plan.shards)} "
+                raise RuntimeError(f"ray engine: {self.marked} of {len(self.plan)} "
                                    "shards marked and nothing under way")
             ready, _ = self.ray.wait(waiting, num_returns=1)
             for ref in ready:
                 if ref in self.reading:
-                    self.reading.pop(ref).ids = self.ray.get(ref)
+                    self.reading.discard(ref)
                 elif ref in self.adding:
                     self.ray.get(ref)
                     self.load[self.adding.pop(ref)] -= 1
                     self.held -= 1
-                else:
+                elif ref in self.writing:
                     self.written[self.writing.pop(ref)] = self.ray.get(ref)
-                    self._mark()
+                else:
+                    self._count(self.counting.popleft())
+            self._mark()
 
     def stop(self) -> None:
-        """Let go of the reads still under way (after an error or an interrupt): each ends
-        on its own within one block, and its result is freed with its reference. They are not
+        """Let go of the work still under way (after an error or an interrupt): each read ends
+        on its own within one block, and its result is freed with its reference. Reads are not
         cancelled: a cancel that races with a task's completion can abort the driver process
         inside Ray (a failed internal check, seen with Ray 2.60), where the caller must get
         the run's own error."""
         self.reading.clear()
-        self.order.clear()
+        self.counting.clear()
 
-    def _submit_reads(self) -> None:
+    def _submit(self) -> None:
+        """Start reading the next blocks, and queue their settling on the duplicate check and
+        their embedding on their shard's actor (the least busy one, for a shard's first block;
+        Ray runs one caller's calls to an actor in the order they were made); after a shard's
+        last block, queue that actor's writing of the shard."""
         while (self.next_block is not None and len(self.reading) < self.readers
                and self.held < self.window):
-            j, keys, last = self.next_block
-            ids, data = self.read.remote(self.source, self.plan.config, keys)
-            block = _Block(j, last, data)
-            self.order.append(block)
-            self.reading[ids] = block
-            self.held += 1
-            self.next_block = next(self.blocks, None)
-
-    def _settle(self) -> None:
-        """Settle every read block whose predecessors are settled, in key order, and send it to
-        its shard's actor (the least busy one, for a shard's first block); after a shard's
-        last block, ask that actor to write the shard."""
-        while self.order and self.order[0].ids is not None:
-            block = self.order.popleft()
-            j = block.shard
-            before = self.ledger.counts["items"]
-            keeps = [self.ledger.settle(rows, skipped) for rows, skipped in block.ids]
-            self.items[j] = self.items.get(j, 0) + self.ledger.counts["items"] - before
+            j, start, stop, last = self.next_block
+            ids, data = self.read.remote(self.source, self.plan.config, self.plan.keys, start,
+                                         stop)
+            keeps, tally = self.check.settle.options(num_returns=2).remote(ids)
             if j not in self.owner:
                 self.owner[j] = min(range(len(self.actors)), key=self.load.__getitem__)
             actor = self.owner[j]
-            self.adding[self.actors[actor].add.remote(j, keeps, block.data)] = actor
+            self.adding[self.actors[actor].add.remote(j, keeps, data)] = actor
             self.load[actor] += 1
-            if block.last:
+            if last:
                 path = str(self.plan.path(j).resolve())
                 self.writing[self.actors[actor].write.remote(j, path)] = j
                 del self.owner[j]
+            self.counting.append(_Block(j, last, tally))
+            self.reading.add(ids)
+            self.held += 1
+            self.next_block = next(self.blocks, None)
+
+    def _count(self, block: _Block) -> None:
+        """Add a settled block's counts and bad items to the run's ledger (which applies the
+        bad-file policy: under ``error`` the run stops here)."""
+        counts, bad = self.ray.get(block.tally)
+        self.ledger.add(counts, bad)
+        self.items[block.shard] = self.items.get(block.shard, 0) + counts.get("items", 0)
+        self.counted += block.last
 
     def _mark(self) -> None:
-        """Mark complete, in order, every written shard whose predecessors are marked."""
-        while self.marked in self.written:
+        """Mark complete, in order, every written and counted shard whose predecessors are
+        marked."""
+        while self.marked in self.written and self.marked < self.counted:
             j = self.marked
             self.plan.writer.mark_done(self.plan.index(j), rows=self.written.pop(j))
             self.committed_items += self.items.pop(j)

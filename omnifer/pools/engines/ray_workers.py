@@ -1,27 +1,36 @@
-"""The worker side of the ray engine: a CPU task that reads a block of keys, and the model
-actor that embeds and writes a shard.
+"""The worker side of the ray engine: a CPU task that reads a block of keys, the actor that
+checks duplicates, and the model actor that embeds and writes a shard.
 
-:func:`read_block` runs as a Ray CPU task: it reads, decodes, (detects and aligns,) and
-resizes a block of pool keys in the local engine's 64-key chunks and returns two objects, the
-block's row ids (small: they go to the driver, which settles duplicates and counts) and the
-block itself (crops and full rows: they stay in the object store until an actor takes them).
+:func:`read_block` runs as a Ray CPU task: it reads a block of pool keys from the run's key
+file, then reads, decodes, (detects and aligns,) and resizes their items in the local
+engine's 64-key chunks, and returns two objects, the block's row ids (small: they go to the
+duplicate check) and the block itself (crops and full rows: they stay in the object store
+until a model actor takes them).
+
+:class:`DuplicateCheck` is the Ray actor that holds the run's content ids and settles each
+block's duplicates and counts, in key order.
 
 :class:`ShardEmbedder` is a long-lived Ray actor holding the model. It takes the blocks of a
 shard one by one (Ray runs one caller's calls to an actor in order), with the keep masks the
-driver settled, embeds the kept crops in the local engine's batches (which may span two
+duplicate check settled, embeds the kept crops in the local engine's batches (which may span two
 blocks of the shard) and writes the shard's files; the driver marks the shard complete.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from omnifer.data.badfiles import BadFiles
 from omnifer.pools.batching import ChunkBatcher, Embedded
 from omnifer.pools.chunks import CHUNK, Chunk, make_detector, read_chunk
+from omnifer.pools.content_ids import ContentIds
 from omnifer.pools.embed_config import EmbedConfig
+from omnifer.pools.keyfile import KeyFile
+from omnifer.pools.ledger import BadItem, Ledger
 from omnifer.pools.shards import write_shard_files
 from omnifer.pools.source import PoolSource
 
@@ -34,15 +43,17 @@ _SOURCES: dict[str, PoolSource] = {}
 _DETECTORS: dict[tuple[Any, ...], Any] = {}
 
 
-def read_block(source: list[Any], config: EmbedConfig, keys: list[str]
-               ) -> tuple[BlockIds, list[Chunk]]:
-    """``(ids, chunks)`` of ``keys``, read in chunks of ``CHUNK`` keys; never raises for a bad
-    item (it comes back among the chunk's skipped items).
+def read_block(source: list[Any], config: EmbedConfig, keyfile: KeyFile, start: int,
+               stop: int) -> tuple[BlockIds, list[Chunk]]:
+    """``(ids, chunks)`` of the keys at positions ``start`` to ``stop`` of ``keyfile``, read in
+    chunks of ``CHUNK`` keys; never raises for a bad item (it comes back among the chunk's
+    skipped items).
 
     ``source`` is ``[object reference of the pool source]``: wrapped, so that Ray hands over
     the reference and the worker fetches and unpickles the source once, not for every block.
     """
     pool = _source(source[0])
+    keys = keyfile.slice(start, stop)
     detector = _detector(config)
     chunks = [read_chunk(pool, keys[i:i + CHUNK], size=config.input_size, detector=detector)
               for i in range(0, len(keys), CHUNK)]
@@ -68,6 +79,26 @@ def _detector(config: EmbedConfig) -> Any:
         _DETECTORS.clear()
         _DETECTORS[key] = make_detector(config)
     return _DETECTORS[key]
+
+
+class DuplicateCheck:
+    """A Ray actor with the run's content ids: it settles the blocks of a run (duplicates and
+    counts, :meth:`Ledger.settle <omnifer.pools.ledger.Ledger.settle>`) in the order the
+    driver read them, which is key order (Ray runs one caller's calls to an actor in order,
+    each once its block is read). The driver keeps only the counts."""
+
+    def __init__(self, seen: ContentIds) -> None:
+        self.seen = seen
+
+    def settle(self, ids: BlockIds) -> tuple[list[list[bool]], tuple[dict[str, int],
+                                                                       list[BadItem]]]:
+        """``(keeps, (counts, bad items))`` of a block: per chunk and row, whether the crop is
+        embedded; what the block adds to the run's counts, and its unreadable items (the
+        driver applies the bad-file policy)."""
+        ledger = Ledger(seen=self.seen, counts=Counter(), total=0,
+                        bad=BadFiles("skip", fix="", what="unreadable pool item"))
+        keeps = [ledger.settle(rows, skipped) for rows, skipped in ids]
+        return keeps, (dict(ledger.counts), ledger.bad.items)
 
 
 class ShardEmbedder:
