@@ -1,5 +1,5 @@
 """Ray engine throughput and driver memory: ``embed_pool`` with the local engine against the ray
-engine with 1 and 2 workers, and the ray driver's peak RSS on a small and a 4x larger pool.
+engine with 1 and 2 workers, and the ray driver's peak RSS on pools of each of ``--sizes``.
 
 The pool is written once under ``--work`` by the project's synthetic generator
 (``omnifer.synth.generate``, the function behind ``omnifer synth``) with a custom size: the
@@ -23,7 +23,7 @@ Driver memory is the high-water RSS (VmHWM) of the driver process only, reset ju
 processes (raylet, object store, workers, actors) are not counted. Each ray run's shard files
 are compared byte for byte with the local run's of the same pool.
 
-    python bench/bench_ray.py --work /tmp/omnifer-bench-ray --sizes 20000,80000 --repeats 3
+    python bench/bench_ray.py --work /tmp/omnifer-bench-ray --sizes 20000,80000,320000 --repeats 3
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "omnifer-bench-ray"),
                     help="where the pool, the model and the runs' shards are written (reused)")
     ap.add_argument("--sizes", default="20000,80000",
-                    help="pool sizes: the throughput pool, then the larger memory pool")
+                    help="pool sizes: the throughput pool, then the larger memory pools")
     ap.add_argument("--repeats", type=int, default=3, help="throughput rounds (median)")
     ap.add_argument("--workers", default="1,2", help="ray worker counts to compare")
     ap.add_argument("--local-workers", type=int, default=2,
@@ -246,15 +246,17 @@ def main() -> None:
     same = {arm: same_shards(runs / f"{small}-{arm[0]}-{arm[1]}" / "round0", reference)
             for arm in arms}
 
-    # driver memory: ray on the large pool (the small pool's runs are above)
+    # driver memory: ray on each larger pool (the small pool's runs are above)
     mem_arm = ("ray", args.memory_workers)
     if mem_arm not in got:
         got[mem_arm] = [run_child("ray", mem_arm[1], pools[small],
                                   runs / f"{small}-ray-{mem_arm[1]}" / "round0", model,
                                   args.batch_size, args.local_threads)]
-    print(f"memory run: ray, {large} faces", flush=True)
-    big = run_child("ray", mem_arm[1], pools[large], runs / f"{large}-ray-{mem_arm[1]}",
-                    model, args.batch_size, args.local_threads)
+    memory = {small: got[mem_arm][0]}
+    for n in sizes[1:]:
+        print(f"memory run: ray, {n} faces", flush=True)
+        memory[n] = run_child("ray", mem_arm[1], pools[n], runs / f"{n}-ray-{mem_arm[1]}",
+                              model, args.batch_size, args.local_threads)
 
     first = got[arms[0]][0]
     print(f"\npool: {small} files ({first['items']} items, {first['faces']} embedded, "
@@ -271,12 +273,13 @@ def main() -> None:
         print(f"| {arm[0]} | {arm[1]} | {med:.1f}{rel} | {', '.join(f'{x:.1f}' for x in rates)}"
               f" | {statistics.median(g['peak_mib'] for g in got[arm]):.0f} | "
               f"{'yes' if same[arm] else 'NO'} |")
+    reset = all(g["peak_reset"] for g in memory.values())
     print(f"\nRay driver memory (ray, {mem_arm[1]} workers; driver process only, VmHWM during "
-          f"embed_pool{'' if big['peak_reset'] else ' (not reset: whole process)'}):\n")
+          f"embed_pool{'' if reset else ' (not reset: whole process)'}):\n")
     print("| pool faces | embedded | shards | seconds | faces/s | driver RSS before, MiB | "
           "driver peak RSS, MiB | peak - before, MiB |")
     print("|---|---|---|---|---|---|---|---|")
-    for n, g in ((small, got[mem_arm][0]), (large, big)):
+    for n, g in memory.items():
         print(f"| {n} | {g['faces']} | {g['shards']} | {g['seconds']:.1f} | {g['rate']:.1f} | "
               f"{g['rss_before_mib']:.0f} | {g['peak_mib']:.0f} | "
               f"{g['peak_mib'] - g['rss_before_mib']:.0f} |")

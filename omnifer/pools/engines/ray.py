@@ -218,7 +218,7 @@ class _Pipeline:
         while self.marked < len(self.plan):
             self._submit()
             # tallies come in key order (the check settles in order): wait for the next one
-            waiting = [*self.reading, *[b.tally for b in list(self.counting)[:1]],
+            waiting = [*self.reading, *([self.counting[0].tally] if self.counting else []),
                        *self.adding, *self.writing]
             if not waiting:  # cannot happen while a shard is unmarked; never wait forever
                 raise RuntimeError(f"ray engine: {self.marked} of {len(self.plan)} "
