@@ -247,7 +247,7 @@ def child_index(shards_dir: Path, out: Path) -> dict:
     base = _kib(os.getpid(), "status", "VmRSS") / 1024
     shards = sorted(shards_dir.glob("shard-*.parquet"))
     t0 = time.perf_counter()
-    emb, _, n = gather(shards, None, out)
+    emb, _, n = gather(shards, out)
     t_gather = time.perf_counter() - t0
     gather_peak = peak_mib()
     t0 = time.perf_counter()

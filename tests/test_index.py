@@ -25,10 +25,12 @@ from omnifer.pools.index import gather  # noqa: E402
 
 
 def embeddings_of(result, keys, out):
-    emb, ids, n = gather(result.shards, set(keys), out)
+    emb, ids, n = gather(result.shards, out, gone=result.gone)
     import pyarrow.parquet as pq
 
-    return np.load(emb), pq.read_table(ids).column("key").to_pylist()
+    got = pq.read_table(ids).column("key").to_pylist()
+    assert set(got) <= set(keys)
+    return np.load(emb), got
 
 
 def test_embeds_every_image_once_in_shards(pool, model_dir, tmp_path, config_for):

@@ -29,11 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def indexed(result, keys, out):
-    """``{key: embedding}`` of what ``gather`` puts into the index."""
-    emb, ids, n = gather(result.shards, set(keys), out)
+    """``{key: embedding}`` of what ``gather`` puts into the index, every key one of the
+    pool's current ``keys``."""
+    emb, ids, n = gather(result.shards, out, gone=result.gone)
     import pyarrow.parquet as pq
 
-    return dict(zip(pq.read_table(ids).column("key").to_pylist(), np.load(emb)))
+    got = dict(zip(pq.read_table(ids).column("key").to_pylist(), np.load(emb)))
+    assert set(got) <= set(keys)
+    return got
 
 
 def one_line(exc_info, *words):
@@ -296,7 +299,7 @@ def test_damaged_shards_of_an_earlier_run_are_embedded_again(pool, model_dir, tm
 def test_damaged_index_outputs_are_one_line(pool, model_dir, tmp_path, config_for):
     src = open_pool(pool)
     result = embed_pool(src, tmp_path / "r", config=config_for(pool, model_dir), workers=0)
-    emb, ids, n = gather(result.shards, set(src.keys()), tmp_path / "r")
+    emb, ids, n = gather(result.shards, tmp_path / "r", gone=result.gone)
     vectors, table = load_index_outputs(emb, ids)
     assert len(vectors) == len(table) == n
     good = emb.read_bytes()

@@ -54,11 +54,12 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
                                                                 is_gpu(config.device)),
                                 on_bad_files=config.on_bad_files, engine=config.engine,
                                 progress=update)
-        emb, ids, n = gather(result.shards, set(src.keys()), run.path)
+        emb, ids, n = gather(result.shards, run.path, gone=result.gone)
         if n == 0:
             c = result.counts
             raise OmniferError(
-                f"no face of pool {pool} could be embedded: of its {len(src.keys())} images, "
+                f"no face of pool {pool} could be embedded: of its {c['items'] + c['reused']} "
+                f"images, "
                 f"{c['no_face']} had no face and {c['bad']} were unreadable in this run; "
                 + ("check that the images show faces, or lower --det-threshold or --min-face"
                    if config.detect else "check the pool, or pass --detect retinaface for "

@@ -51,6 +51,7 @@ __all__ = ["MAX_BAD_ITEMS", "BadItem", "EmbedResult", "Progress", "embed_pool"]
 @dataclass
 class EmbedResult:
     shards: list[Path]  #: every shard table the pool's embeddings live in (inherited included)
+    gone: set[str]  #: keys in those shards that the pool no longer lists (``vanished``)
     counts: dict[str, int]
     seconds: float
     bad: list[dict[str, str]]  #: the first bad items: key, reason
@@ -78,7 +79,7 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     if counts["vanished"]:
         log.warning("%d pool keys of earlier runs are gone (renamed, moved or deleted), e.g. %s; "
                     "their images are embedded again where they reappear under new keys",
-                    counts["vanished"], found.vanished_example)
+                    counts["vanished"], min(found.vanished))
     for key, error in found.unlisted:
         counts["bad"] += 1
         bad.add(BadItem(key, error))
@@ -90,7 +91,7 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     plan.keys.remove()  # each invocation writes its own
     damaged = set(listed) - set(found.earlier)
     shard_paths = [p for p in [*inherited, *writer.shard_paths()] if p not in damaged]
-    return EmbedResult(shard_paths, counts,
+    return EmbedResult(shard_paths, found.vanished, counts,
                        time.perf_counter() - t0, [asdict(item) for item in bad.items])
 
 

@@ -13,7 +13,7 @@ Writes into a run directory:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from omnifer.pools.shards import NORM_COLUMN
 ID_COLUMNS = ("id", "key", "face", "box", "landmarks", "det_score")
 
 
-def gather(shards: Sequence[Path], keys: set[str] | None,
-           out_dir: str | Path) -> tuple[Path, Path, int]:
-    """Concatenate the ``ok`` rows of ``shards`` (those whose key is in ``keys``) into
-    ``embeddings.npy`` and ``ids.parquet``, one shard at a time; returns paths and count."""
+def gather(shards: Sequence[Path], out_dir: str | Path, *,
+           gone: Collection[str] = ()) -> tuple[Path, Path, int]:
+    """Concatenate the ``ok`` rows of ``shards`` (less those whose key is in ``gone``: keys the
+    pool no longer lists, ``EmbedResult.gone``) into ``embeddings.npy`` and ``ids.parquet``,
+    one shard at a time; returns paths and count."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -39,8 +40,8 @@ def gather(shards: Sequence[Path], keys: set[str] | None,
     for path in shards:
         t = pq.read_table(path)
         ok = pc.equal(t["status"], "ok")
-        if keys is not None:
-            ok = pc.and_(ok, pa.array([k in keys for k in t["key"].to_pylist()]))
+        if gone:
+            ok = pc.and_(ok, pa.array([k not in gone for k in t["key"].to_pylist()]))
         t = t.filter(ok)
         tables.append((path, t))
         n += t.num_rows

@@ -41,8 +41,8 @@ class Ledger:
     ``progress(done, total)`` is told how many of the pool's ``total`` keys are done.
     """
 
-    def __init__(self, *, seen: ContentIds | Any, counts: dict[str, int], bad: BadFiles, total: int,
-                 progress: Progress | None = None) -> None:
+    def __init__(self, *, seen: ContentIds | Any, counts: dict[str, int], bad: BadFiles,
+                 total: int, progress: Progress | None = None) -> None:
         self.seen, self.counts, self.bad = seen, counts, bad
         self.total, self.progress = total, progress
         self.earlier_items = counts["items"]  #: items of this run's earlier invocations

@@ -26,7 +26,7 @@ class Prepared:
     counts: dict[str, int]  #: what earlier invocations of the run wrote, ``reused``, ``vanished``
     total: int  #: keys the pool lists
     earlier: list[Path]  #: the listed shards that can be read
-    vanished_example: str | None  #: one key of earlier runs the pool no longer lists
+    vanished: set[str]  #: keys of earlier shards the pool no longer lists (usually none)
     unlisted: list[tuple[str, str | None]]  #: entries that could not become keys, and why
 
 
@@ -46,8 +46,7 @@ def prepare(source: PoolSource, folder: Path, listed: Sequence[Path],
     counts = status_counts([p for p in earlier if p not in set(inherited)], current)
     counts.update(reused=len(keys) - todo - counts["items"], vanished=len(vanished))
     unlisted = [(item.key, item.error) for item in source.unlisted()]
-    return Prepared(counts, len(keys), earlier, min(vanished, default=None), unlisted), seen, \
-        source
+    return Prepared(counts, len(keys), earlier, vanished, unlisted), seen, source
 
 
 def earlier_work(shards: Sequence[Path], current: set[str]

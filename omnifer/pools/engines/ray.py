@@ -6,9 +6,10 @@ For one ``embed_pool`` call, :func:`ray_prepare` and :func:`ray_shards` run this
 * **The pool is listed in a Ray task**: :func:`ray_prepare` runs the run's preparation
   (:func:`omnifer.pools.prepare.prepare`) in a CPU task of its own worker process, which lists
   the pool, reads the earlier shards and writes the keys left to embed to the run's key file
-  (:class:`~omnifer.pools.keyfile.KeyFile`). The driver fetches only the counts; the content
-  ids already embedded and the listed source stay in the object store, for the duplicate
-  check and the reading tasks.
+  (:class:`~omnifer.pools.keyfile.KeyFile`). The driver fetches only the counts and the keys
+  of earlier shards that the pool no longer lists (usually none); the content ids already
+  embedded and the listed source stay in the object store, for the duplicate check and the
+  reading tasks.
 * **Work items are blocks of keys**: ``block`` keys (default :data:`BLOCK`, at most one
   shard's), cut inside a shard at the local engine's 64-key chunks, never across two shards,
   and named by their positions in the key file. Each block is one Ray CPU task
