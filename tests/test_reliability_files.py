@@ -170,8 +170,8 @@ def test_injected_enospc_while_gathering_is_one_line(pool, model_dir, tmp_path, 
 
     reserve = os.posix_fallocate
 
-    def full(fd, offset, length):  # the gathered embeddings only, not the shards
-        if os.path.basename(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))) == "shards":
+    def full(fd, offset, length):  # the gathered embeddings only (written as a .tmp file)
+        if not os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".embeddings."):
             return reserve(fd, offset, length)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

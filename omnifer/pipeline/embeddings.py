@@ -87,8 +87,6 @@ def _images_and_model(ws: Workspace, data: Any, model: Path, device: str,
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    from omnifer.artifacts import atomic_path
+    from omnifer.artifacts import atomic_write_npy
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
+    atomic_write_npy(path, [array], shape=array.shape, dtype=array.dtype)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifer.artifacts import atomic_path
+from omnifer.artifacts import atomic_path, atomic_write_npy
 
 BYTES = "keys.bin"
 OFFSETS = "offsets.npy"
@@ -45,9 +45,8 @@ class KeyFile:
                     data = str(key).encode("utf-8", "surrogateescape")
                     fh.write(data)
                     offsets.append(offsets[-1] + len(data))
-        with atomic_path(folder / OFFSETS) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.frombuffer(offsets, np.int64))
+        ends = np.frombuffer(offsets, np.int64)
+        atomic_write_npy(folder / OFFSETS, [ends], shape=ends.shape, dtype=ends.dtype)
         return cls(folder)
 
     def remove(self) -> None:

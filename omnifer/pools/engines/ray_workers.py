@@ -12,8 +12,8 @@ block's duplicates and counts, in key order.
 
 :class:`ShardEmbedder` is a long-lived Ray actor holding the model. It takes the blocks of a
 shard one by one (Ray runs one caller's calls to an actor in order), with the keep masks the
-duplicate check settled, embeds the kept crops in the local engine's batches (which may span two
-blocks of the shard) and writes the shard's files; the driver marks the shard complete.
+duplicate check settled, embeds the kept crops in the local engine's batches (which may span
+two blocks of the shard) and writes the shard's files; the driver marks the shard complete.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _detector(config: EmbedConfig) -> Any:
 class DuplicateCheck:
     """A Ray actor with the run's content ids: it settles the blocks of a run (duplicates and
     counts, :meth:`Ledger.settle <omnifer.pools.ledger.Ledger.settle>`) in the order the
-    driver read them, which is key order (Ray runs one caller's calls to an actor in order,
+    driver queued them, which is key order (Ray runs one caller's calls to an actor in order,
     each once its block is read). The driver keeps only the counts."""
 
     def __init__(self, seen: ContentIds) -> None:
