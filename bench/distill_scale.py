@@ -8,10 +8,14 @@ recipe on the labeled data plus each arm:
     mined         the whole mined set
     rded-N        ``omnifer distill --images-per-class N`` (the default method)
     rded-N-fF     the same with ``--factor F`` (``--factors``; F x F real views per image)
+    rded-N-vV     the same with ``--views V`` (``--views``; views scored per real image)
     dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
     random-N      N random mined faces per class
     herding-N     N mined faces per class picked by herding on the primitive model's embeddings
     ARM+relabel   an arm trained with ``--relabel`` on its source (``--relabel``)
+
+With ``--with-labeled`` the small arms draw from the mined set plus the labeled faces (``omnifer
+distill --with-labeled``), which covers the classes the mined set lacks.
 
 The small arms get ``--share`` of the draws of an epoch on top of the labeled faces' draws
 (``--source-share``), as a user would train with them. Each student is evaluated on the test
@@ -38,6 +42,7 @@ import numpy as np
 
 from omnifer import pipeline
 from omnifer.pipeline import resolve
+from omnifer.pipeline.distill import source_data
 from omnifer.artifacts import atomic_write_json
 from omnifer.data import LabeledSet
 from omnifer.distill import DistillConfig, select_coreset
@@ -46,18 +51,18 @@ from omnifer.train import TrainConfig
 from omnifer.workspace import Workspace
 
 
-def subset(mined: LabeledSet, emb: np.ndarray, rule: str, ipc: int, name: str,
+def subset(faces: LabeledSet, emb: np.ndarray, rule: str, ipc: int, name: str,
            out: Path) -> Path:
-    """``ipc`` mined faces per class (all of a smaller class) chosen by ``rule``, saved as a
-    source called ``name``."""
-    y = mined.table["expression"].to_numpy(np.int64)
+    """``ipc`` faces per class (all of a smaller class) chosen by ``rule``, saved as a source
+    called ``name``."""
+    y = faces.table["expression"].to_numpy(np.int64)
     rows = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         pick = select_coreset(rule, emb[idx].astype(np.float32), np.zeros(len(idx), np.int64),
                               min(ipc, len(idx)), seed=0)
         rows.append(idx[pick])
-    part = mined.subset(np.sort(np.concatenate(rows)))
+    part = faces.subset(np.sort(np.concatenate(rows)))
     table = part.table.assign(source=name)
     LabeledSet(table=table, expressions=part.expressions, aus=part.aus,
                sources=(name,)).save(out)
@@ -74,6 +79,10 @@ def main() -> None:
                     help="images per class of the dm arms (none: no dm arm)")
     ap.add_argument("--factors", type=int, nargs="+", default=[1],
                     help="rded --factor values (arms rded-N-fF for F > 1)")
+    ap.add_argument("--views", type=int, nargs="+", default=[DistillConfig.views],
+                    help="rded --views values (arms rded-N-vV for V other than the default)")
+    ap.add_argument("--with-labeled", action="store_true",
+                    help="the small arms come from the mined set plus the labeled faces")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
@@ -99,15 +108,18 @@ def main() -> None:
                                                        "mined": (str(mine.dataset), None)}
     folder = ws.root / "distill_scale"
     folder.mkdir(exist_ok=True)
-    emb = labeled_embeddings(ws, mined, model, "auto", what="embedding mined faces")
-    todo = [("rded", ipc, f) for ipc in args.ipc for f in args.factors] + [
-        ("dm", ipc, 1) for ipc in args.dm_ipc]
-    for method, ipc, factor in todo:
-        key = f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
+    small = source_data(ws, mine, args.with_labeled, None)[0]  # what the small arms draw from
+    emb = labeled_embeddings(ws, small, model, "auto", what="embedding the small arms' source")
+    todo = [("rded", ipc, f, v) for ipc in args.ipc for f in args.factors
+            for v in args.views] + [("dm", ipc, 1, DistillConfig.views) for ipc in args.dm_ipc]
+    for method, ipc, factor, views in todo:
+        key = (f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
+               + (f"-v{views}" if views != DistillConfig.views else ""))
         if key not in results.get("distill", {}):
             t0 = time.perf_counter()
-            options = {"factor": factor} if factor > 1 else {}
+            options = {"factor": factor, "views": views} if method == "rded" else {}
             rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method,
+                                                     with_labeled=args.with_labeled,
                                                      **options), source=mine)
             results.setdefault("distill", {})[key] = {
                 "run": rec.ref, "seconds": time.perf_counter() - t0,
@@ -115,11 +127,12 @@ def main() -> None:
             atomic_write_json(out, results)
         run = ws.resolve(results["distill"][key]["run"], "distill")
         arms[key] = (str(run.path / "distilled.parquet"), "distilled")
+    tag = "-with-labeled" if args.with_labeled else ""
     for ipc in args.ipc:
         for rule in ("random", "herding"):
             name = f"{rule}-{ipc}"
-            arms[name] = (str(subset(mined, emb, rule, ipc, rule,
-                                     folder / f"{name}.parquet")), rule)
+            arms[name] = (str(subset(small, emb, rule, ipc, rule,
+                                     folder / f"{name}{tag}.parquet")), rule)
     if args.relabel:
         arms.update({f"{name}+relabel": (extra, source or "mined")
                      for name, (extra, source) in list(arms.items()) if extra})

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnifer.allocator import keep_freed_memory
 from omnifer.device import resolve_device
 from omnifer.errors import OmniferError
 from omnifer.models.checkpoint import load_models
@@ -19,7 +20,9 @@ class Embedder:
     """The primitive model as a function: uint8 crops [n, S, S, 3] -> float16 embeddings.
 
     Loads the first model of a checkpoint or run directory on ``device`` (``auto``, ``cpu``,
-    ``cuda`` or ``cuda:N``); on a GPU it runs in half precision, channels-last.
+    ``cuda`` or ``cuda:N``); on a GPU it runs in half precision, channels-last. Its process
+    keeps freed memory (:func:`omnifer.allocator.keep_freed_memory`): every batch reuses the
+    last one's buffers instead of faulting new pages in.
 
     The feature norm is the L2 norm of a face's backbone features before they are standardised
     and normalised into the embedding: low for crops the model finds little of what it learned
@@ -28,6 +31,7 @@ class Embedder:
 
     def __init__(self, model_path: str | Path, *, device: str = "auto",
                  batch_size: int = 256) -> None:
+        keep_freed_memory()
         self.device = resolve_device(device)
         self.model = load_models(model_path, device=self.device)[0].eval()
         cfg = self.model.config
