@@ -1,5 +1,5 @@
 """Keep freed memory in the process for work that allocates the same large buffers over and
-over (embedding: a batch's decoded images, its input tensor, the model's activations).
+over (each batch's decoded images, input tensor and activations, in embedding and training).
 
 By default glibc's ``malloc`` gives the top of the heap back to the system once more than its
 trim threshold is free, and serves requests above its mmap threshold with fresh pages, so on a
