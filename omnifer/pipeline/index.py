@@ -59,8 +59,7 @@ def index(workspace: Any = None, config: Any = None, *, pool: Any, model: Any = 
             c = result.counts
             raise OmniferError(
                 f"no face of pool {pool} could be embedded: of its {c['items'] + c['reused']} "
-                f"images, "
-                f"{c['no_face']} had no face and {c['bad']} were unreadable in this run; "
+                f"images, {c['no_face']} had no face and {c['bad']} were unreadable in this run; "
                 + ("check that the images show faces, or lower --det-threshold or --min-face"
                    if config.detect else "check the pool, or pass --detect retinaface for "
                    "photos that are not aligned face crops"))

@@ -36,10 +36,7 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
     Started by ``torchrun`` (several processes), the processes train one model data-parallel
     (:mod:`omnifer.train.distributed`): the same result as one process with the same
     ``batch_size``, which is the global batch. Rank 0 records the run, shows progress and
-    calls ``on_generation``; ``on_epoch`` is called on every rank. The process keeps freed
-    memory (:func:`omnifer.allocator.keep_freed_memory`): each step reuses the last one's
-    buffers."""
-    from omnifer.allocator import keep_freed_memory
+    calls ``on_generation``; ``on_epoch`` is called on every rank."""
     from omnifer.data import combine
     from omnifer.data.cache import decoded_images
     from omnifer.device import resolve_device
@@ -47,7 +44,6 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
     from omnifer.train.config import check_processes
     from omnifer.train.distributed import join
 
-    keep_freed_memory()
     ws = resolve.workspace(workspace)
     config = config or TrainConfig()
     if teacher is not None and not student and config.generations == 1:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnifer.allocator import keep_freed_memory
 from omnifer.artifacts import atomic_path, atomic_write_json, read_json
 from omnifer.data.batches import BatchMaker
 from omnifer.data.cache import decoded_images
@@ -113,11 +114,9 @@ def model_config_for(labeled: LabeledSet, config: TrainConfig,
                 f"student asks for {config.va_head} ({config.va_bins} bins); use --va-head "
                 f"{va_head} for this teacher"
             )
-    return ModelConfig(
-        backbone=config.backbone, expressions=expressions, aus=aus, tasks=tuple(tasks),
-        va_head=va_head, va_bins=va_bins, joint=config.joint, input_size=config.input_size,
-        dropout=config.dropout,
-    )
+    return ModelConfig(backbone=config.backbone, expressions=expressions, aus=aus,
+                       tasks=tuple(tasks), va_head=va_head, va_bins=va_bins, joint=config.joint,
+                       input_size=config.input_size, dropout=config.dropout)
 
 
 def teacher_soft_targets(teachers: Sequence[MultitaskModel], maker: BatchMaker, n: int, *,
@@ -152,6 +151,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     each generation their own seeds (the validation split stays the same). ``ranks``: this
     process's place in data-parallel training (:mod:`omnifer.train.distributed`); only rank 0
     writes, and only its result carries validation metrics."""
+    keep_freed_memory()  # each step reuses the last one's buffers
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     device = ranks.device(resolve_device(config.device))
