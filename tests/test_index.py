@@ -119,6 +119,11 @@ def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path, config_
     assert second.counts == {"items": 3, "faces": 1, "bad": 1, "no_face": 0, "duplicates": 1,
                              "reused": len(old), "vanished": 0}
     assert second.bad[0]["key"] == "new/broken.jpg"
+    # run again, the run keeps the unreadable item its first invocation skipped: not read
+    # again (no error under "error"), still counted and listed
+    again = embed_pool(src, tmp_path / "r2", config=cfg, inherited=first.shards, workers=0,
+                       on_bad_files="error")
+    assert again.counts == second.counts and again.bad == second.bad
     emb, keys = embeddings_of(second, src.keys(), tmp_path / "r2")
     assert len(keys) == len(old) + 1 and "new/red.png" in keys and "new/copy.jpg" not in keys
     old_emb, _ = embeddings_of(first, old, tmp_path / "r1")

@@ -49,6 +49,11 @@ class BadFiles:
         if self.keep is None or len(self.items) < self.keep:
             self.items.append(item)
 
+    def earlier(self, items: list[Any]) -> None:
+        """Keep ``items`` that an earlier invocation of the run dropped (ahead of this one's,
+        within ``keep``): they are neither checked nor counted again."""
+        self.items = [*items, *self.items][:self.keep]
+
     def close(self, where: str = "") -> None:
         """Under ``warn``, one line for the items that were not logged one by one."""
         if self.policy == "warn" and self.count > MAX_WARNINGS:

@@ -34,7 +34,7 @@ from omnifer.errors import OmniferError
 from omnifer.pools.embed_config import EmbedConfig
 from omnifer.pools.engines import ENGINES
 from omnifer.pools.keyfile import KeyFile
-from omnifer.pools.ledger import BadItem, Ledger
+from omnifer.pools.ledger import MAX_BAD_ITEMS, BadItem, Ledger
 from omnifer.pools.plan import ShardPlan
 from omnifer.pools.prepare import prepare
 from omnifer.pools.source import PoolSource
@@ -42,8 +42,6 @@ from omnifer.pools.source import PoolSource
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-#: Unreadable items kept (key and reason) for the run's manifest; the count is always exact.
-MAX_BAD_ITEMS = 1000
 
 __all__ = ["MAX_BAD_ITEMS", "BadItem", "EmbedResult", "Progress", "embed_pool"]
 
@@ -76,6 +74,7 @@ def embed_pool(source: PoolSource, out_dir: str | Path, *, config: EmbedConfig,
     keys = Path(out_dir) / "keys"
     found, seen, pool = run.prepare(prepare, source, keys, listed, inherited, workers=workers)
     counts = found.counts
+    bad.earlier(found.bad)
     if counts["vanished"]:
         log.warning("%d pool keys of earlier runs are gone (renamed, moved or deleted), e.g. %s; "
                     "their images are embedded again where they reappear under new keys",

@@ -19,6 +19,10 @@ from omnifer.pools.content_ids import ContentIds
 Progress = Callable[[int, int], None]
 
 
+#: Unreadable items kept (key and reason) for the run's manifest; the count is always exact.
+MAX_BAD_ITEMS = 1000
+
+
 @dataclass(frozen=True)
 class BadItem:
     """A pool item that could not be read or decoded."""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omnifer.pools.content_ids import ContentIds
 from omnifer.pools.keyfile import KeyFile
-from omnifer.pools.shards import readable_shards, shard_table_columns, status_counts
+from omnifer.pools.ledger import MAX_BAD_ITEMS, BadItem
+from omnifer.pools.shards import bad_items, readable_shards, shard_table_columns, status_counts
 from omnifer.pools.source import PoolSource
 
 
@@ -28,6 +29,7 @@ class Prepared:
     earlier: list[Path]  #: the listed shards that can be read
     vanished: set[str]  #: keys of earlier shards the pool no longer lists (usually none)
     unlisted: list[tuple[str, str | None]]  #: entries that could not become keys, and why
+    bad: list[BadItem]  #: the first unreadable items of earlier invocations of the run
 
 
 def prepare(source: PoolSource, folder: Path, listed: Sequence[Path],
@@ -43,10 +45,12 @@ def prepare(source: PoolSource, folder: Path, listed: Sequence[Path],
     todo = len(KeyFile.write(folder, (k for k in keys if k not in done)))
     # a resumed run counts what its own earlier invocations wrote too; "reused" is what
     # earlier runs (inherited shards) held
-    counts = status_counts([p for p in earlier if p not in set(inherited)], current)
+    own = [p for p in earlier if p not in set(inherited)]
+    counts = status_counts(own, current)
     counts.update(reused=len(keys) - todo - counts["items"], vanished=len(vanished))
     unlisted = [(item.key, item.error) for item in source.unlisted()]
-    return Prepared(counts, len(keys), earlier, vanished, unlisted), seen, source
+    bad = [BadItem(k, r) for k, r in bad_items(own, current, MAX_BAD_ITEMS)]
+    return Prepared(counts, len(keys), earlier, vanished, unlisted, bad), seen, source
 
 
 def earlier_work(shards: Sequence[Path], current: set[str]

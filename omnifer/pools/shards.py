@@ -63,6 +63,21 @@ def status_counts(paths: Sequence[Path], keys: set[str]) -> dict[str, int]:
     return counts
 
 
+def bad_items(paths: Sequence[Path], keys: set[str], limit: int) -> list[tuple[str, str | None]]:
+    """The first ``limit`` ``bad`` rows of the current ``keys`` that shards hold: key, reason
+    (the unreadable items of the invocations that wrote them)."""
+    import pyarrow.parquet as pq
+
+    out: list[tuple[str, str | None]] = []
+    for path in paths:
+        if len(out) >= limit:
+            break
+        rows = pq.read_table(path, columns=["key", "reason"], filters=[("status", "==", "bad")])
+        out += [(k, r) for k, r in zip(rows.column("key").to_pylist(),
+                                       rows.column("reason").to_pylist()) if k in keys]
+    return out[:limit]
+
+
 def readable_shards(paths: Sequence[Path]) -> list[Path]:
     """The shards of ``paths`` whose table and embeddings can be read and agree; each other one
     is named in a warning."""
