@@ -190,10 +190,11 @@ def test_evaluate_follows_another_model_run(mined_ws, tiny_synth, run_cli, omnif
     cfg = json.loads((run_dir / "evaluate/full/0/members/0/model/model.json").read_text())[
         "config"]
     assert cfg["input_size"] == 24
-    # back to the first model: its recipe again (the networks are retrained)
-    e = run_cli.json("-w", ws, "distill", "evaluate", r["run"], "--model", before.ref,
-                     "--seeds", "1", "--steps", "2", "--test", tiny_synth.test_toml,
-                     "--device", "cpu")
+    # by default the model that made the set (it mined the source), not the latest train
+    # run: the first model's recipe again (the networks are retrained)
+    e = run_cli.json("-w", ws, "distill", "evaluate", r["run"], "--seeds", "1", "--steps", "2",
+                     "--test", tiny_synth.test_toml, "--device", "cpu")
+    assert e["model"] == before.ref != Workspace(ws).latest("train").ref
     assert e["input_size"] == 32 and spy[-1]["config"].input_size == 32
 
 

@@ -81,7 +81,7 @@ def command(click_ctx: click.Context, config_file: str | None, source_ref: str |
               help="Also random, herding and k-center subsets of the same size, and full data.")
 @click.option("--model", "model_ref", default=None, callback=existing_ref, metavar="RUN",
               help="Train run whose backbone, input size and recipe the networks use "
-                   "[default: the latest].")
+                   "[default: the one that made the set, else the latest].")
 @click.option("--test", "test_ref", default=None, callback=existing_ref,
               help="Labeled test data [default: the latest synth run's test.toml].")
 @click.option("--seeds", type=int, default=None, help=f"Networks per set [{E.seeds}].")

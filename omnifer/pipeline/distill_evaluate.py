@@ -40,16 +40,17 @@ def distill_evaluate(workspace: Any = None, config: Any = None, *, run: Any = No
                      model: Any = None, test: Any = None,
                      progress: Progress | None = None) -> DistillRun:
     """Evaluate distill ``run`` (default: the latest) with networks of train run ``model``'s
-    recipe (default: the latest train run) on ``test`` (default: the latest synth run's test
-    set, restricted to the distilled classes); results go to ``evaluation.json`` and the
-    returned record's ``evaluation``."""
+    recipe (default: the model that made the set, else the latest train run) on ``test``
+    (default: the latest synth run's test set, restricted to the distilled classes); results
+    go to ``evaluation.json`` and the returned record's ``evaluation``."""
     from omnifer.data import LabeledSet
     from omnifer.distill import DistillEvaluateConfig, select_coreset
 
     ws = resolve.workspace(workspace)
     config = config or DistillEvaluateConfig()
     record: DistillRun = resolve.run(ws, run, "distill")  # type: ignore[assignment]
-    trained = model_run(ws, model)
+    made_by = ws.locate(record.model) if record.model else None
+    trained = model_run(ws, made_by if model is None else model)
     distilled = LabeledSet.load(record.dataset)
     with bar(progress, "reading test data", "img") as update:
         test_ref = resolve.synth_output(ws, test, "test", "--test")
