@@ -119,8 +119,8 @@ def test_incremental_duplicates_and_bad_files(pool, model_dir, tmp_path, config_
     assert second.counts == {"items": 3, "faces": 1, "bad": 1, "no_face": 0, "duplicates": 1,
                              "reused": len(old), "vanished": 0}
     assert second.bad[0]["key"] == "new/broken.jpg"
-    # run again, the run keeps the unreadable item its first invocation skipped: not read
-    # again (no error under "error"), still counted and listed
+    # the same run again: the unreadable item its first invocation skipped is not read again
+    # (no error under "error"), and still counted and listed
     again = embed_pool(src, tmp_path / "r2", config=cfg, inherited=first.shards, workers=0,
                        on_bad_files="error")
     assert again.counts == second.counts and again.bad == second.bad
