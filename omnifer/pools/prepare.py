@@ -45,11 +45,13 @@ def prepare(source: PoolSource, folder: Path, listed: Sequence[Path],
     todo = len(KeyFile.write(folder, (k for k in keys if k not in done)))
     # a resumed run counts what its own earlier invocations wrote too; "reused" is what
     # earlier runs (inherited shards) held
-    own = [p for p in earlier if p not in set(inherited)]
+    skip = set(inherited)
+    own = [p for p in earlier if p not in skip]
     counts = status_counts(own, current)
     counts.update(reused=len(keys) - todo - counts["items"], vanished=len(vanished))
     unlisted = [(item.key, item.error) for item in source.unlisted()]
-    bad = [BadItem(k, r) for k, r in bad_items(own, current, MAX_BAD_ITEMS)]
+    bad = [BadItem(k, r) for k, r in bad_items(own, current, MAX_BAD_ITEMS)] \
+        if counts["bad"] else []  # the shards are read again only when they hold any
     return Prepared(counts, len(keys), earlier, vanished, unlisted, bad), seen, source
 
 
