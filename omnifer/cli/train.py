@@ -95,7 +95,8 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
     lines_off = ctx.quiet or not launch.is_main()  # one process prints
     rec = pipeline.train(ctx.workspace, config, data=data, extra=extra, teacher=teacher,
                          student=student, on_bad_files=on_bad_files, resume=resume,
-                         progress=ctx.progress, on_epoch=None if lines_off else epoch_line,
+                         progress=ctx.progress if launch.is_main() else None,
+                         on_epoch=None if lines_off else epoch_line,
                          on_generation=None if lines_off else generation_line)
     if not launch.is_main():
         return
