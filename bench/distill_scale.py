@@ -22,7 +22,8 @@ The small arms get ``--share`` of the draws of an epoch on top of the labeled fa
 set; the table gives macro-F1, mean CCC and training seconds (mean +- std over seeds), draws
 per epoch, the share of the mined arm's macro-F1 gain each arm keeps and its extra training
 time as a share of the mined arm's. Results go to ``--out`` after every model; a rerun
-continues.
+continues. ``--epochs`` and ``--patience`` set the recipe (``--patience 0``: every student
+trains all its epochs and keeps its best checkpoint on validation).
 
     omnifer -w scale synth scale/data --preset scale
     omnifer -w scale train --backbone convnet --size 64 --epochs 30 --lr 2e-3
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--with-labeled", action="store_true",
                     help="the small arms come from the mined set plus the labeled faces")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=TrainConfig.patience,
+                    help="epochs without validation gain before a student stops (0: never)")
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
     ap.add_argument("--relabel", action="store_true",
@@ -149,13 +152,16 @@ def main() -> None:
             relabel = (source,) if name.endswith("+relabel") else ()
             share = ((source, args.share),) if source and source != "mined" else ()
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
-                                 seed=seed, source_share=share, relabel=relabel)
+                                 patience=args.patience, seed=seed, source_share=share,
+                                 relabel=relabel)
             run = pipeline.train(ws, config, extra=[extra] if extra else [], student=True,
                                  teacher=model, resume=False)
             ev = pipeline.evaluate(ws, model=run.ref)
             m = json.loads((ev.path / "metrics.json").read_text())
             results[key] = {"run": run.ref, "seconds": run.train_seconds,
                             "draws": run.counts["draws_per_epoch"],
+                            "epochs": len(json.loads((Path(run.members[0]).parent
+                                                      / "history.json").read_text())),
                             "macro_f1": m["expression"]["macro_f1"],
                             "ccc_mean": m["va"]["ccc_mean"]}
             atomic_write_json(out, results)
