@@ -3,8 +3,9 @@ CPU defaults.
 
 The ceiling of embedding on a machine's cores is ``1 / (decode time + model time)`` per
 image: reading, decoding and hashing a face in one process, then running the model on it at
-the default torch threads. For each backbone, in one process and in rotating order over
-``--rounds`` rounds, on the same synthetic 112 px JPEG faces (``bench_index.py``'s pool):
+the default torch threads. For each backbone, in a fresh process of its own (as ``omnifer
+index`` embeds with one model per process) and in rotating order over ``--rounds`` rounds, on
+the same synthetic 112 px JPEG faces (``bench_index.py``'s pool):
 
 - decode: ``read_chunk`` over the subset's keys in 64-key chunks, in this process;
 - model: ``Embedder`` on the same images already decoded, batch 64;
@@ -20,8 +21,10 @@ against the ceiling.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_index import (bare, checkpoint, decoded, e2e, ensure_faces,  # noqa: E402
                          machine, pool_view)
 
+ROW = "row: "  #: what starts a child process's JSON row
 SUBSETS = {"convnet": 4000, "mobilenet_v3_small": 4000, "mobilenet_v3_large": 2000,
            "resnet18": 1000, "resnet50": 500}  #: faces per round, by the model's speed
 
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--workers", default="default",
                     help="comma list of reading-worker counts to compare; default: omnifer "
                          "index's default on a CPU")
+    ap.add_argument("--row", action="store_true",
+                    help="measure the one backbone in this process and print its row as JSON")
     args = ap.parse_args()
     from omnifer.pools.config import IndexConfig
 
@@ -94,9 +100,19 @@ def main() -> None:
     root = Path(args.pool_dir)
     backbones = args.backbones.split(",")
     ensure_faces(root, max(SUBSETS.get(b, 1000) for b in backbones), args.write_procs)
+    if args.row:
+        row = measure(root, backbones[0], SUBSETS.get(backbones[0], 1000), args.rounds, workers)
+        print(ROW + json.dumps(row))
+        return
     rows = []
     for backbone in backbones:
-        row = measure(root, backbone, SUBSETS.get(backbone, 1000), args.rounds, workers)
+        child = subprocess.run(
+            [sys.executable, __file__, "--pool-dir", str(root), "--backbones", backbone,
+             "--rounds", str(args.rounds), "--workers", ",".join(map(str, workers)), "--row"],
+            check=True, stdout=subprocess.PIPE, text=True).stdout
+        row = json.loads(child.split(ROW)[-1])
+        row["e2e"] = {int(w): v for w, v in row["e2e"].items()}
+        row["e2e_rounds"] = {int(w): v for w, v in row["e2e_rounds"].items()}
         for w in workers:
             print(f"{backbone}, {w} workers: end to end {row['e2e'][w]:.1f}/s, rounds "
                   + ", ".join(f"{r:.1f}" for r in row["e2e_rounds"][w]), flush=True)
