@@ -46,4 +46,4 @@ def test_the_cli_bar_is_lines_in_a_log_and_a_bar_in_a_notebook(capsys, monkeypat
 
 
 def test_clock():
-    assert [clock(s) for s in (3.2, 123, 3723)] == ["3s", "2m03s", "1h02m03s"]
+    assert [clock(s) for s in (3.2, 123, 3723)] == ["3 s", "2 min 03 s", "62 min 03 s"]

@@ -8,6 +8,7 @@ import click
 
 from omnifer.cli.common import Context, config_option, make_config, pass_ctx
 from omnifer.pipeline.demo import DemoConfig as D
+from omnifer.pipeline.progress import clock
 from omnifer.records import ReportRun
 from omnifer.workspace import Workspace
 
@@ -53,7 +54,7 @@ def command(ctx: Context, workspace: str | None, config_file: str | None, resume
     total = sum(s.get("seconds") or 0 for s in rec.steps)
     ctx.emit({"run": rec.ref, "steps": rec.steps, "arms": rec.arms, "report": str(html),
               "results": report.results},
-             f"{summary}\n\ndemo {rec.ref}: {len(rec.steps)} steps, {_clock(total)} of work\n"
+             f"{summary}\n\ndemo {rec.ref}: {len(rec.steps)} steps, {clock(total)} of work\n"
              f"report: {html}")
 
 
@@ -62,15 +63,10 @@ def _step_line(event: dict[str, Any]) -> None:
 
     head = f"[{event['index']:>2}/{event['total']}] {event['step']}"
     if event["status"] == "start":
-        line = f"{head} ... (elapsed {_clock(event['elapsed'])}, about " \
-               f"{_clock(event['remaining'])} left)"
+        line = f"{head} ... (elapsed {clock(event['elapsed'])}, about " \
+               f"{clock(event['remaining'])} left)"
     else:
         how = "done earlier" if event["status"] == "skipped" else "done"
-        took = f" in {_clock(event['seconds'])}" if event["seconds"] is not None else ""
+        took = f" in {clock(event['seconds'])}" if event["seconds"] is not None else ""
         line = f"{head}: {how}{took} ({event['run']})"
     tqdm.write(line, file=click.get_text_stream("stderr"))
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -89,10 +89,9 @@ def line_progress(desc: str, unit: str = "it", *, every: float | None = None,
 
 
 def clock(seconds: float) -> str:
-    """``seconds`` as ``1h02m03s``, ``2m03s`` or ``3s``."""
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+    """``seconds`` for people: ``2 min 03 s`` or ``3 s``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def bar(progress: Progress | None, desc: str, unit: str = "it") -> AbstractContextManager[Update]:
