@@ -6,9 +6,11 @@ recipe on the labeled data plus each arm:
 
     labeled       nothing more
     mined         the whole mined set
+    mined-sS      the whole mined set at share S of the draws (``--mined-share``), as a small arm
     rded-N        ``omnifer distill --images-per-class N`` (the default method)
     rded-N-fF     the same with ``--factor F`` (``--factors``; F x F real views per image)
     rded-N-vV     the same with ``--views V`` (``--views``; views scored per real image)
+    rded-N-spread the same with ``--select spread`` (``--select``; views spread over the scores)
     dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
     random-N      N random mined faces per class
     herding-N     N mined faces per class picked by herding on the primitive model's embeddings
@@ -82,6 +84,8 @@ def main() -> None:
                     help="rded --factor values (arms rded-N-fF for F > 1)")
     ap.add_argument("--views", type=int, nargs="+", default=[DistillConfig.views],
                     help="rded --views values (arms rded-N-vV for V other than the default)")
+    ap.add_argument("--select", nargs="+", default=[DistillConfig.select],
+                    help="rded --select values (arms rded-N-SELECT for the non-default ones)")
     ap.add_argument("--with-labeled", action="store_true",
                     help="the small arms come from the mined set plus the labeled faces")
     ap.add_argument("--epochs", type=int, default=10)
@@ -89,11 +93,14 @@ def main() -> None:
                     help="epochs without validation gain before a student stops (0: never)")
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
+    ap.add_argument("--mined-share", type=float, nargs="*", default=[],
+                    help="also train the whole mined set at these shares (arms mined-sS)")
     ap.add_argument("--relabel", action="store_true",
                     help="also train every arm but labeled with --relabel on its source "
                          "(arms named ARM+relabel)")
     ap.add_argument("--only", nargs="+", default=None, metavar="ARM",
-                    help="train only these arms (the table shows every arm done)")
+                    help="train only these arms and make only their sets (the table shows "
+                         "every arm done)")
     ap.add_argument("--out", default=None, help="[WORKSPACE/distill_scale.json]")
     ap.add_argument("--report", action="store_true", help="only print the table of what is done")
     args = ap.parse_args()
@@ -113,14 +120,20 @@ def main() -> None:
     folder.mkdir(exist_ok=True)
     small = source_data(ws, mine, args.with_labeled, None)[0]  # what the small arms draw from
     emb = labeled_embeddings(ws, small, model, "auto", what="embedding the small arms' source")
-    todo = [("rded", ipc, f, v) for ipc in args.ipc for f in args.factors
-            for v in args.views] + [("dm", ipc, 1, DistillConfig.views) for ipc in args.dm_ipc]
-    for method, ipc, factor, views in todo:
+    d = DistillConfig
+    todo = [("rded", ipc, f, v, sel) for ipc in args.ipc for f in args.factors
+            for v in args.views for sel in args.select]
+    todo += [("dm", ipc, 1, d.views, d.select) for ipc in args.dm_ipc]
+    for method, ipc, factor, views, select in todo:
         key = (f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
-               + (f"-v{views}" if views != DistillConfig.views else ""))
+               + (f"-v{views}" if views != d.views else "")
+               + (f"-{select}" if select != d.select else ""))
         if key not in results.get("distill", {}):
+            if args.only and key not in {a.removesuffix("+relabel") for a in args.only}:
+                continue  # not asked for and not made yet
             t0 = time.perf_counter()
-            options = {"factor": factor, "views": views} if method == "rded" else {}
+            options = ({"factor": factor, "views": views, "select": select}
+                       if method == "rded" else {})
             rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method,
                                                      with_labeled=args.with_labeled,
                                                      **options), source=mine)
@@ -136,6 +149,7 @@ def main() -> None:
             name = f"{rule}-{ipc}"
             arms[name] = (str(subset(small, emb, rule, ipc, rule,
                                      folder / f"{name}{tag}.parquet")), rule)
+    arms.update({f"mined-s{s:g}": (str(mine.dataset), "mined") for s in args.mined_share})
     if args.relabel:
         arms.update({f"{name}+relabel": (extra, source or "mined")
                      for name, (extra, source) in list(arms.items()) if extra})
@@ -150,7 +164,9 @@ def main() -> None:
             if key in results or (args.only and name not in args.only):
                 continue
             relabel = (source,) if name.endswith("+relabel") else ()
-            share = ((source, args.share),) if source and source != "mined" else ()
+            at = (float(name.split("-s")[1]) if name.startswith("mined-s")
+                  else args.share if source and source != "mined" else None)
+            share = ((source, at),) if at is not None else ()
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
                                  patience=args.patience, seed=seed, source_share=share,
                                  relabel=relabel)

@@ -132,3 +132,20 @@ def test_default_distill_is_rded_at_the_models_size_and_fills_short_classes(mine
     code, _, err = run_cli("-w", mined_ws, "distill", "--images-per-class", 10_000,
                            "--device", "cpu")
     assert code != 0 and "more than the largest class" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rded_spread_keeps_views_evenly_over_the_scores_the_model_agrees_with():
+    x = constant_images([0.9, 0.2, 0.7, 0.95, 0.6, 0.55, 0.4, 0.1, 0.3])
+    y = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1])
+    out = distill(x, y, n_classes=2, method="rded", images_per_class=3,
+                  teacher=brightness_teacher(), options={"views": 1, "select": "spread"})
+    levels = out.images.mean(axis=(1, 2, 3))
+    # class 0: the model agrees with 0.95, 0.9, 0.7, 0.6, 0.55 (not 0.4, 0.2): first, middle,
+    # last; class 1 has 2 images (fewer than 3), so each gives its best view, then a second
+    assert levels[:3] == pytest.approx([0.95, 0.7, 0.55], abs=1e-5)
+    top = distill(x, y, n_classes=2, method="rded", images_per_class=3,
+                  teacher=brightness_teacher(), options={"views": 1})
+    assert top.images.mean(axis=(1, 2, 3))[:3] == pytest.approx([0.95, 0.9, 0.7], abs=1e-5)
+    with pytest.raises(OmniferError, match="select 'best' is unknown"):
+        distill(x, y, n_classes=2, method="rded", images_per_class=1,
+                teacher=brightness_teacher(), options={"select": "best"})

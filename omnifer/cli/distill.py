@@ -33,6 +33,9 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
               help=f"rded: real views per side of an image, 2 stitches 2x2 [{D.factor}].")
 @click.option("--views", type=int, default=None,
               help=f"rded: random views scored per real image [{D.views}].")
+@click.option("--select", default=None,
+              help=f"rded: top (the views the model scores highest) or spread (evenly over its "
+                   f"scores, from typical to borderline) [{D.select}].")
 @click.option("--iterations", type=int, default=None,
               help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500].")
 @click.option("--lr-images", type=float, default=None, help="Learning rate of the pixels.")

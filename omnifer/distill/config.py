@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from omnifer.config import StageConfig
 from omnifer.device import parse_device
-from omnifer.distill.methods import METHODS, check_soft_labels
+from omnifer.distill.methods import METHODS, RDEDOptions, check_select, check_soft_labels
 from omnifer.errors import OmniferError
 
 #: Smallest image side the distillation ConvNets take: their first block halves the image.
@@ -41,8 +41,10 @@ class DistillConfig(StageConfig):
     #: image side in pixels; None: the primitive model's input size (:data:`SIZE_WITHOUT_MODEL`
     #: without a model)
     size: int | None = None
-    factor: int = 1  #: rded: real views per side of a distilled image (2: 2x2 stitched)
-    views: int = 5  #: rded: random views scored per real image, the image itself included
+    factor: int = RDEDOptions.factor  #: rded: real views per side of an image (2: 2x2 stitched)
+    views: int = RDEDOptions.views  #: rded: random views scored per real image, itself included
+    #: rded: top (the views the model scores highest) or spread (evenly over its scores)
+    select: str = RDEDOptions.select
     iterations: int | None = None  #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500)
     lr_images: float | None = None  #: None: the method's
     soft_labels: bool = False  #: learn soft labels too (gm, tm)
@@ -61,6 +63,7 @@ class DistillConfig(StageConfig):
         for name in ("iterations", "width", "batch_real", "factor", "views"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
+        check_select(self.select)
         lr = self.lr_images
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
                                or not math.isfinite(lr) or lr <= 0):
@@ -83,9 +86,9 @@ class DistillConfig(StageConfig):
 
     def distill_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`omnifer.distill.distill` this config sets (``size``
-        and ``with_labeled`` describe the data, not the distillation; ``factor`` and ``views``
-        are rded's options; unset knobs are left to ``distill``'s defaults)."""
-        rded = ("factor", "views")
+        and ``with_labeled`` describe the data, not the distillation; ``factor``, ``views``
+        and ``select`` are rded's options; unset knobs are left to ``distill``'s defaults)."""
+        rded = ("factor", "views", "select")
         out = {k: v for k, v in self.to_dict().items()
                if k not in ("size", "with_labeled", *rded) and v is not None}
         if self.method == "rded":

@@ -36,6 +36,7 @@ class RDEDOptions:
     views: int = 5           # views scored per real image, the image itself included
     scale_min: float = 0.5   # the smallest share of an image's area a view keeps
     batch_size: int = 128    # images scored at once
+    select: str = "top"      # top: the best-scored images; spread: evenly over the score order
 
 
 @METHODS.register("rded")
@@ -85,6 +86,16 @@ class RDED:
                          std=tuple(std))
 
 
+#: How the kept images are chosen from each class's best views.
+SELECT = ("top", "spread")
+
+
+def check_select(select: str) -> None:
+    """A one-line error for a ``select`` rule rded does not know."""
+    if select not in SELECT:
+        raise OmniferError(f"rded select {select!r} is unknown; use one of {', '.join(SELECT)}")
+
+
 def check_options(opts: RDEDOptions, size: int) -> None:
     """One-line errors for options that cannot work on ``size`` px images."""
     if opts.factor < 1 or size % opts.factor:
@@ -93,33 +104,42 @@ def check_options(opts: RDEDOptions, size: int) -> None:
     if opts.views < 1 or opts.batch_size < 1:
         raise OmniferError(f"rded views {opts.views} and batch_size {opts.batch_size} must be "
                            "at least 1")
+    check_select(opts.select)
     if not 0.0 < opts.scale_min <= 1.0:
         raise OmniferError(f"rded scale_min is {opts.scale_min}; use a share in (0, 1]")
 
 
 def best_views(x: torch.Tensor, c: int, n: int, opts: RDEDOptions, teacher: Teacher,
                gen: torch.Generator) -> torch.Tensor:
-    """The ``n`` views of class ``c``'s images ``x`` the teacher scores highest, each image's
-    best view first; an image gives a second view only when ``x`` has fewer than ``n`` images."""
+    """``n`` views of class ``c``'s images ``x``, each image's best view first; an image gives
+    a second view only when ``x`` has fewer than ``n`` images. ``opts.select`` "top" keeps the
+    views the teacher scores highest; "spread" keeps ``n`` views evenly spaced over the score
+    order of the best views the teacher gives class ``c`` (from typical to borderline)."""
     import numpy as np
     import torch
 
     from omnifer.distill.views import random_views
 
     keep = math.ceil(n / len(x))  # views per image that can be needed
-    kept, scores = [], []
+    kept, scores, agrees = [], [], []
     for i in range(0, len(x), opts.batch_size):
         v = random_views(x[i:i + opts.batch_size], max(opts.views, keep),
                          scale=(opts.scale_min, 1.0), gen=gen)
-        p = teacher(v.flatten(0, 1))[:, c].reshape(v.shape[:2])
-        s = torch.from_numpy(np.log(np.maximum(p, 1e-12)).astype(np.float64))
+        probs = teacher(v.flatten(0, 1)).reshape(*v.shape[:2], -1)
+        s = torch.from_numpy(np.log(np.maximum(probs[..., c], 1e-12)).astype(np.float64))
         top = s.topk(keep, dim=1)
-        kept.append(v[torch.arange(len(v))[:, None], top.indices])
+        rows = torch.arange(len(v))[:, None]
+        kept.append(v[rows, top.indices])
         scores.append(top.values)
+        agrees.append(torch.from_numpy(probs.argmax(-1) == c)[rows, top.indices])
     views, score = torch.cat(kept), torch.cat(scores)  # [N, keep, ...], [N, keep]
     rank = torch.arange(keep).expand_as(score)  # best views of all images, then second best ...
-    order = np.lexsort((-score.flatten().numpy(), rank.flatten().numpy()))[:n]
-    return views.flatten(0, 1)[torch.from_numpy(order)]
+    order = np.lexsort((-score.flatten().numpy(), rank.flatten().numpy()))
+    agree = torch.cat(agrees).flatten().numpy()[order]
+    if opts.select == "spread" and agree.sum() > n:
+        pool = order[agree]
+        order = pool[np.linspace(0, len(pool) - 1, n).round().astype(np.int64)]
+    return views.flatten(0, 1)[torch.from_numpy(order[:n])]
 
 
 def stitch(views: torch.Tensor, factor: int) -> torch.Tensor:
