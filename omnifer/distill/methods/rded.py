@@ -4,10 +4,11 @@ model -- picks the real views it finds most typical of each class and labels the
 Per class, every real image gives ``views`` random resized crops (the image itself is one),
 the model scores each by the log-probability of the class, and each image keeps its best view.
 The ``images_per_class * factor**2`` best images' views are kept (an image gives a second view
-only when the class has fewer images than that, and more views are drawn when needed);
-``factor`` > 1 stitches ``factor x factor`` of them, shrunk, into one image. The model's
-probabilities on the final images are stored as soft labels. One scoring pass per image: the
-cost grows linearly with the source set, and a run resumes class by class from its checkpoint.
+only when the class has fewer images than that, and more views are drawn when needed;
+``select="spread"`` keeps views evenly spaced over the scores instead); ``factor`` > 1
+stitches ``factor x factor`` of them, shrunk, into one image. The model's probabilities on the
+final images are stored as soft labels. One scoring pass per image: the cost grows linearly
+with the source set, and a run resumes class by class from its checkpoint.
 """
 
 from __future__ import annotations
