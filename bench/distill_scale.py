@@ -149,7 +149,8 @@ def main() -> None:
             name = f"{rule}-{ipc}"
             arms[name] = (str(subset(small, emb, rule, ipc, rule,
                                      folder / f"{name}{tag}.parquet")), rule)
-    arms.update({f"mined-s{s:g}": (str(mine.dataset), "mined") for s in args.mined_share})
+    shares = {f"mined-s{s:g}": s for s in args.mined_share}  # the mined set as a small arm
+    arms.update({name: (str(mine.dataset), "mined") for name in shares})
     if args.relabel:
         arms.update({f"{name}+relabel": (extra, source or "mined")
                      for name, (extra, source) in list(arms.items()) if extra})
@@ -164,8 +165,7 @@ def main() -> None:
             if key in results or (args.only and name not in args.only):
                 continue
             relabel = (source,) if name.endswith("+relabel") else ()
-            at = (float(name.split("-s")[1]) if name.startswith("mined-s")
-                  else args.share if source and source != "mined" else None)
+            at = shares.get(name, args.share if source and source != "mined" else None)
             share = ((source, at),) if at is not None else ()
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
                                  patience=args.patience, seed=seed, source_share=share,

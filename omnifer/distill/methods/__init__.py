@@ -28,7 +28,7 @@ from omnifer.distill.methods.base import (METHODS, Distilled, Progress, check_so
                                           method_options)
 from omnifer.distill.methods.dm import DistributionMatching, DMOptions
 from omnifer.distill.methods.gm import GMOptions, GradientMatching, gradient_distance
-from omnifer.distill.methods.rded import RDED, SELECT, RDEDOptions, Teacher, check_select
+from omnifer.distill.methods.rded import RDED, RDEDOptions, Teacher, check_select
 from omnifer.distill.methods.tm import (TMOptions, TrajectoryMatching, train_experts,
                                         trajectory_gradient)
 from omnifer.distill.strategy import DEFAULT_STRATEGY, parse_strategy
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DMOptions", "Distilled", "DistributionMatching", "GMOptions", "GradientMatching", "METHODS",
-    "Progress", "RDED", "RDEDOptions", "SELECT", "TMOptions", "TrajectoryMatching",
+    "Progress", "RDED", "RDEDOptions", "TMOptions", "TrajectoryMatching",
     "check_select", "check_soft_labels",
     "distill", "get_method", "gradient_distance", "train_experts", "trajectory_gradient",
 ]
