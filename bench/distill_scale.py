@@ -24,8 +24,8 @@ The small arms get ``--share`` of the draws of an epoch on top of the labeled fa
 set; the table gives macro-F1, mean CCC and training seconds (mean +- std over seeds), draws
 per epoch, the share of the mined arm's macro-F1 gain each arm keeps and its extra training
 time as a share of the mined arm's. Results go to ``--out`` after every model; a rerun
-continues. ``--epochs`` and ``--patience`` set the recipe (``--patience 0``: every student
-trains all its epochs and keeps its best checkpoint on validation).
+continues. ``--epochs``, ``--patience`` and ``--val-from`` set the recipe (``--patience 0``:
+every student trains all its epochs and keeps its best checkpoint on validation).
 
     omnifer -w scale synth scale/data --preset scale
     omnifer -w scale train --backbone convnet --size 64 --epochs 30 --lr 2e-3
@@ -51,6 +51,7 @@ from omnifer.data import LabeledSet
 from omnifer.distill import DistillConfig, select_coreset
 from omnifer.pipeline.embeddings import labeled_embeddings
 from omnifer.train import TrainConfig
+from omnifer.train.config import VAL_FROM
 from omnifer.workspace import Workspace
 
 
@@ -91,6 +92,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=TrainConfig.patience,
                     help="epochs without validation gain before a student stops (0: never)")
+    ap.add_argument("--val-from", choices=VAL_FROM, default=TrainConfig.val_from,
+                    help="omnifer train --val-from: validation rows from every source or only "
+                         "the labeled data's")
     ap.add_argument("--share", type=float, default=0.2,
                     help="share of an epoch's draws given to a small arm")
     ap.add_argument("--mined-share", type=float, nargs="*", default=[],
@@ -169,7 +173,7 @@ def main() -> None:
             share = ((source, at),) if at is not None else ()
             config = TrainConfig(backbone="convnet", input_size=64, epochs=args.epochs, lr=2e-3,
                                  patience=args.patience, seed=seed, source_share=share,
-                                 relabel=relabel)
+                                 relabel=relabel, val_from=args.val_from)
             run = pipeline.train(ws, config, extra=[extra] if extra else [], student=True,
                                  teacher=model, resume=False)
             ev = pipeline.evaluate(ws, model=run.ref)

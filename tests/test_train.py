@@ -1,5 +1,6 @@
 """The training loop, student/teacher, resume, evaluation and the train/evaluate commands."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,6 +56,22 @@ def test_split_is_per_source_disjoint_and_seeded(labeled):
         assert (src[va] == name).sum() == round(0.25 * n)
     assert np.array_equal(va, split_validation(labeled, 0.25, seed=1)[1])
     assert not np.array_equal(va, split_validation(labeled, 0.25, seed=2)[1])
+
+
+def test_split_from_named_sources_keeps_the_others_training(labeled):
+    src = labeled.table["source"].to_numpy()
+    named = labeled.sources[:2]
+    tr, va = split_validation(labeled, 0.25, seed=1, sources=named)
+    assert set(src[va]) == set(named) and len(tr) + len(va) == len(labeled)
+    assert all((src[tr] == s).sum() == (src == s).sum() for s in labeled.sources[2:])
+    every = split_validation(labeled, 0.25, seed=1, sources=labeled.sources)
+    assert all(np.array_equal(a, b) for a, b in zip(every, split_validation(labeled, 0.25, 1)))
+    # a validation image's rows in another source do not train either
+    twin = labeled.table.copy()
+    other = np.flatnonzero(src == labeled.sources[2])[0]
+    twin.loc[other, "sample_id"] = twin["sample_id"].iloc[va[0]]
+    tr2, va2 = split_validation(dataclasses.replace(labeled, table=twin), 0.25, 1, named)
+    assert other not in tr2 and other not in va2 and np.array_equal(va2, va)
 
 
 def test_image_cache_is_reused(labeled, tmp_path):
@@ -212,6 +229,23 @@ def test_cli_train_student_evaluate(tiny_synth, tmp_path, run_cli):
     assert r["model"].endswith(json.loads(
         (ws / ".omnifer/runs").joinpath(r["run"], "manifest.json").read_text()
     )["config"]["model"].split("/")[-1])
+
+
+def test_cli_val_from_data_validates_on_the_data_sources_only(tiny_synth, tmp_path, run_cli):
+    ws = tmp_path / "ws"
+    common = ["--data", tiny_synth.labeled_toml, "--with", tiny_synth.test_toml, "--backbone",
+              "convnet", "--size", "32", "--epochs", "1", "--batch-size", "16", "--device",
+              "cpu", "--val-fraction", "0.3", "--fresh"]
+    code, out, _ = run_cli("-w", ws, "train", *common)
+    assert code == 0 and "6 synth-test)" in out, out  # 30% of the 21 extra faces validate
+    r = run_cli.json("-w", ws, "train", *common, "--val-from", "data")
+    assert "synth-test" not in r["counts"]["val_by_source"]
+    assert r["counts"]["train"] == r["counts"]["samples"] - r["counts"]["val"]
+    assert sum(r["counts"]["val_by_source"].values()) == r["counts"]["val"] > 0
+    code, _, err = run_cli("-w", ws, "train", *common, "--val-from", "extra")
+    assert code != 0 and "'extra' is not one of 'all', 'data'" in err
+    with pytest.raises(OmniferError, match="unknown val_from 'x'; choose one of: all, data"):
+        TrainConfig(val_from="x")
 
 
 def test_cli_errors_are_one_line(tiny_synth, tmp_path, run_cli):

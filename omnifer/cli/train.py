@@ -9,8 +9,8 @@ import click
 
 from omnifer.cli.common import (Context, bad_files_option, config_option, existing_ref,
                                 make_config, pass_ctx)
-from omnifer.cli.train_lines import epoch_line, generation_line, kind, summary
-from omnifer.train.config import ANCHOR_RULES, check_processes
+from omnifer.cli.train_lines import epoch_line, generation_line, kind, summary, val_sources
+from omnifer.train.config import ANCHOR_RULES, VAL_FROM, check_processes
 from omnifer.train.config import TrainConfig as D
 
 
@@ -50,6 +50,10 @@ from omnifer.train.config import TrainConfig as D
               help=f"Early-stopping patience in epochs [{D.patience}].")
 @click.option("--val-fraction", type=float, default=None,
               help=f"Validation share per source [{D.val_fraction}].")
+@click.option("--val-from", type=click.Choice(VAL_FROM), default=None,
+              help="Sources that give validation rows: all, or only those of --data (the --with "
+                   f"sources then only train, and scores compare with the teacher's) "
+                   f"[{D.val_from}].")
 @click.option("--ensemble", type=int, default=None, help=f"Train K members [{D.ensemble}].")
 @click.option("--generations", type=int, default=None,
               help="Generations of ensembles: each after the first also learns from the previous "
@@ -103,6 +107,7 @@ def command(ctx: Context, data: str | None, extra: tuple[str, ...], student: boo
     c = rec.counts
     lines = [f"trained {kind(rec, student)} {rec.ref}: "
              f"{len(rec.members)} member(s), {c['train']} train / {c['val']} validation samples"
+             + val_sources(c.get("val_by_source", {}))
              + (f" ({c['draws_per_epoch']} drawn per epoch)"
                 if c["draws_per_epoch"] != c["train"] else "")
              + f", {rec.train_seconds:.0f}s"]

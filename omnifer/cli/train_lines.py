@@ -30,6 +30,15 @@ def summary(val: dict[str, Any]) -> str:
     return "; ".join(parts) or "no validation split"
 
 
+def val_sources(by_source: dict[str, int]) -> str:
+    """`` (validation: 100 db-a, 100 db-b, 853 mined)``: where the validation rows come from,
+    when from more than one source (a score partly on a mined set's pseudo-labels is not one
+    on ground truth)."""
+    if len(by_source) < 2:
+        return ""
+    return " (validation: " + ", ".join(f"{n} {s}" for s, n in by_source.items()) + ")"
+
+
 def epoch_line(entry: dict[str, Any]) -> None:
     from tqdm import tqdm
 

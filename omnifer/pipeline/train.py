@@ -80,7 +80,8 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
                   "data": [ws.portable(p) for p in paths]}
     generations = functools.partial(
         _generations, labeled, config=config, cache_dir=image_cache(ws), teachers=teachers,
-        progress=progress, on_epoch=on_epoch, on_generation=on_generation, ranks=ranks)
+        progress=progress, on_epoch=on_epoch, on_generation=on_generation, ranks=ranks,
+        val_sources=sets[0].sources if config.val_from == "data" else None)
     if not ranks.main:  # rank 0 opens the run and records it
         path = ranks.share(None)
         generations(Path(path))
@@ -105,8 +106,8 @@ def train(workspace: Any = None, config: Any = None, *, data: Any = None,
 def _generations(labeled: Any, run_path: Path, *, config: Any, cache_dir: Path,
                  teachers: Sequence[Any], progress: Progress | None,
                  on_epoch: Callable[[dict[str, Any]], None] | None,
-                 on_generation: Callable[[dict[str, Any]], None] | None, ranks: Any
-                 ) -> tuple[list[Any], list[Path]]:
+                 on_generation: Callable[[dict[str, Any]], None] | None, ranks: Any,
+                 val_sources: Sequence[str] | None) -> tuple[list[Any], list[Path]]:
     """Train every generation into ``run_path``; the results and generation folders."""
     from omnifer.train import load_models
     from omnifer.train import train as train_loop
@@ -118,7 +119,8 @@ def _generations(labeled: Any, run_path: Path, *, config: Any, cache_dir: Path,
                  "step") as update:
             result = train_loop(labeled, out, config=config, cache_dir=cache_dir,
                                 teachers=teachers, progress=update, generation=g,
-                                on_epoch=on_epoch and _tagged(on_epoch, g), ranks=ranks)
+                                on_epoch=on_epoch and _tagged(on_epoch, g), ranks=ranks,
+                                val_sources=val_sources)
         results.append(result)
         if config.generations > 1:
             folders.append(out)

@@ -12,7 +12,7 @@ _EXPORTS = {
     "TrainConfig": "config",
     "evaluate_models": "evaluate", "predict": "evaluate", "task_metrics": "evaluate",
     "TrainResult": "loop", "history_of": "loop", "load_models": "loop",
-    "resolve_device": "loop", "split_validation": "loop", "train": "loop",
+    "resolve_device": "loop", "split_validation": "split", "train": "loop",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,6 +17,9 @@ BALANCE = ("expression", "va", "au")
 VA_HEADS = ("bins", "regress")
 VA_LOSSES = ("ccc", "mse", "ccc+mse")
 KD_KINDS = ("output", "structural")
+#: which sources give validation rows: every source, or only those of ``--data`` (the extra
+#: ones, such as mined or distilled sets, then only train)
+VAL_FROM = ("all", "data")
 ANCHOR_RULES = ("random", "farthest")
 
 
@@ -49,6 +52,7 @@ class TrainConfig(StageConfig):
     augment: bool = True  #: flip, shift, brightness/contrast
     # data
     val_fraction: float = 0.1
+    val_from: str = "all"  #: one of VAL_FROM
     patience: int = 5  #: epochs without validation improvement before stopping (0: never)
     balance: tuple[str, ...] = ("expression",)
     balance_max_ratio: float = 10.0
@@ -100,6 +104,7 @@ class TrainConfig(StageConfig):
         if not self.kd:
             raise OmniferError("kd is empty; name output, structural or both (output,structural)")
         _check_choice("anchor_rule", self.anchor_rule, ANCHOR_RULES)
+        _check_choice("val_from", self.val_from, VAL_FROM)
         object.__setattr__(self, "source_share", _shares(self.source_share))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)

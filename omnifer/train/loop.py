@@ -43,6 +43,7 @@ from omnifer.train.config import TrainConfig, check_processes
 from omnifer.train.distributed import Ranks, gather_parts
 from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
 from omnifer.train.relabel import Relabeler, relabeler_for
+from omnifer.train.split import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -59,28 +60,9 @@ class TrainResult:
     #: the members' mean on the validation rows, with calibration and uncertainty
     ensemble_validation: dict[str, Any]
     history: list[list[dict[str, Any]]]
-    counts: dict[str, int]
+    counts: dict[str, Any]
     balance: dict[str, Any] | None
     seconds: float
-
-
-def split_validation(labeled: LabeledSet, fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per source, a random ``fraction`` of its images (none for sources under 10 rows); all
-    rows of one image (sample id), in any source, fall on the same side."""
-    rng = np.random.default_rng(seed)
-    src = labeled.table["source"].to_numpy(dtype=object)
-    sid = labeled.table["sample_id"].to_numpy(dtype=object)
-    repeat = labeled.table["sample_id"].duplicated().to_numpy(bool)
-    val = []
-    for name in labeled.sources:
-        rows = np.flatnonzero(src == name)
-        if len(rows) >= 10:
-            images = rows[~repeat[rows]]
-            val.append(rng.permutation(images)[:round(fraction * len(images))])
-    picked = sid[np.concatenate(val)] if val else np.zeros(0, object)
-    val_rows = np.flatnonzero(np.isin(sid, picked))
-    return np.setdiff1d(np.arange(len(labeled)), val_rows), val_rows
 
 
 def model_config_for(labeled: LabeledSet, config: TrainConfig,
@@ -142,7 +124,7 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
           soft_targets: dict[str, torch.Tensor] | None = None,
           progress: Progress | None = None, generation: int = 0,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          ranks: Ranks = Ranks()) -> TrainResult:
+          ranks: Ranks = Ranks(), val_sources: Sequence[str] | None = None) -> TrainResult:
     """Train ``config.ensemble`` models on ``labeled`` into ``out_dir``; resume what is there.
 
     ``soft_targets``: precomputed per-row targets in the form of :func:`teacher_soft_targets`
@@ -150,7 +132,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     ``teachers`` in the distillation terms of the loss. ``generation`` gives the members of
     each generation their own seeds (the validation split stays the same). ``ranks``: this
     process's place in data-parallel training (:mod:`omnifer.train.distributed`); only rank 0
-    writes, and only its result carries validation metrics."""
+    writes, and only its result carries validation metrics. ``val_sources``: the sources that
+    give validation rows (None: every source)."""
     keep_freed_memory()  # each step reuses the last one's buffers
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -164,7 +147,8 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     mcfg = model_config_for(labeled, config, teachers[0].config if teachers else None)
     relabeler = relabeler_for(labeled, config, [t.to(device) for t in teachers], mcfg)
 
-    train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed)
+    train_rows, val_rows = split_validation(labeled, config.val_fraction, config.seed,
+                                           val_sources)
     if ranks.main:
         atomic_write_json(out_dir / "split.json", {
             "val_sample_ids": labeled.table["sample_id"].to_numpy()[val_rows].tolist()})
@@ -230,7 +214,10 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
         members.append(member_dir / "model")
         histories.append(history)
         validation.append(val)
+    val_src = labeled.table["source"].to_numpy(object)[val_rows]
     counts = {"samples": len(labeled), "train": len(train_rows), "val": len(val_rows),
+              "val_by_source": {s: int((val_src == s).sum()) for s in labeled.sources
+                                if (val_src == s).any()},
               "draws_per_epoch": draws,
               "members": config.ensemble, **{f"labeled_{t}": int(m.any(axis=-1).sum()
                                              if m.ndim > 1 else m.sum())
