@@ -248,6 +248,11 @@ def test_cli_val_from_data_validates_on_the_data_sources_only(tiny_synth, tmp_pa
         TrainConfig(val_from="x")
 
 
+def test_loop_asks_for_the_data_sources_with_val_from_data(labeled, tmp_path):
+    with pytest.raises(OmniferError, match="val_from='data' needs the names"):
+        train(labeled, tmp_path, config=TrainConfig(**FAST, val_from="data"), cache_dir=tmp_path)
+
+
 def test_cli_errors_are_one_line(tiny_synth, tmp_path, run_cli):
     ws = tmp_path / "ws"
     code, _, err = run_cli("-w", ws, "train", "--data", tiny_synth.labeled_toml,

@@ -133,12 +133,16 @@ def train(labeled: LabeledSet, out_dir: str | Path, *, config: TrainConfig,
     each generation their own seeds (the validation split stays the same). ``ranks``: this
     process's place in data-parallel training (:mod:`omnifer.train.distributed`); only rank 0
     writes, and only its result carries validation metrics. ``val_sources``: the sources that
-    give validation rows (None: every source)."""
+    give validation rows (None: every source); ``config.val_from="data"`` needs them, as only
+    the caller knows which sources are the labeled data (:func:`omnifer.pipeline.train` does)."""
     keep_freed_memory()  # each step reuses the last one's buffers
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     device = ranks.device(resolve_device(config.device))
     check_processes(config.batch_size, ranks.world)
+    if config.val_from == "data" and val_sources is None:
+        raise OmniferError("val_from='data' needs the names of the labeled data's sources; pass "
+                           "val_sources=labeled_set.sources, or train with omnifer.pipeline.train")
     if len(labeled) < 2:
         raise OmniferError(f"the training data has {len(labeled)} sample(s); it needs at least 2")
     if teachers and soft_targets is not None:
