@@ -52,7 +52,7 @@ from omnifer.train.config import TrainConfig as D
               help=f"Validation share per source [{D.val_fraction}].")
 @click.option("--val-from", type=click.Choice(VAL_FROM), default=None,
               help="Sources that give validation rows: all, or only those of --data (the --with "
-                   f"sources then only train, and scores compare with the teacher's) "
+                   "sources then only train, and scores compare with the teacher's) "
                    f"[{D.val_from}].")
 @click.option("--ensemble", type=int, default=None, help=f"Train K members [{D.ensemble}].")
 @click.option("--generations", type=int, default=None,
