@@ -34,7 +34,7 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
 @click.option("--views", type=int, default=None,
               help=f"rded: random views scored per real image [{D.views}].")
 @click.option("--select", default=None,
-              help=f"rded: top (the views the model scores highest) or spread (evenly over its "
+              help="rded: top (the views the model scores highest) or spread (evenly over its "
                    f"scores, from typical to borderline) [{D.select}].")
 @click.option("--iterations", type=int, default=None,
               help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500].")
