@@ -12,6 +12,8 @@ recipe on the labeled data plus each arm:
     rded-N-vV     the same with ``--views V`` (``--views``; views scored per real image)
     rded-N-spread the same with ``--select spread`` (``--select``; views spread over the scores)
     dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
+    sre2l-N       the same with ``--method sre2l`` (``--sre2l-ipc``; pixels recovered from the
+                  primitive model's batch-norm statistics)
     random-N      N random mined faces per class
     herding-N     N mined faces per class picked by herding on the primitive model's embeddings
     ARM+relabel   an arm trained with ``--relabel`` on its source (``--relabel``)
@@ -81,6 +83,8 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--dm-ipc", type=int, nargs="*", default=[10],
                     help="images per class of the dm arms (none: no dm arm)")
+    ap.add_argument("--sre2l-ipc", type=int, nargs="*", default=[],
+                    help="images per class of sre2l arms [none]")
     ap.add_argument("--factors", type=int, nargs="+", default=[1],
                     help="rded --factor values (arms rded-N-fF for F > 1)")
     ap.add_argument("--views", type=int, nargs="+", default=[DistillConfig.views],
@@ -128,6 +132,7 @@ def main() -> None:
     todo = [("rded", ipc, f, v, sel) for ipc in args.ipc for f in args.factors
             for v in args.views for sel in args.select]
     todo += [("dm", ipc, 1, d.views, d.select) for ipc in args.dm_ipc]
+    todo += [("sre2l", ipc, 1, d.views, d.select) for ipc in args.sre2l_ipc]
     for method, ipc, factor, views, select in todo:
         key = (f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
                + (f"-v{views}" if views != d.views else "")

@@ -23,8 +23,9 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
 @click.option("--labeled", default=None, callback=existing_ref, help="Labeled data for --with-labeled [default: the "
               "labeled data the source was mined with, else the latest synth run's labeled.toml].")
 @click.option("--method", default=None,
-              help=f"rded (real views the model picks and labels), dm (distribution matching), "
-                   f"gm (gradient matching) or tm (trajectories) [{D.method}].")
+              help="rded (real views the model picks and labels), sre2l (images recovered from "
+                   "the model's batch-norm statistics), dm (distribution matching), gm (gradient "
+                   f"matching) or tm (trajectories) [{D.method}].")
 @click.option("--model", "model_ref", default=None, callback=existing_ref,
               help="Model that scores the images [default: the one that mined the source].")
 @click.option("--size", type=int, default=None,
@@ -37,7 +38,7 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
               help="rded: top (the views the model scores highest) or spread (evenly over its "
                    f"scores, from typical to borderline) [{D.select}].")
 @click.option("--iterations", type=int, default=None,
-              help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500].")
+              help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500, sre2l 200].")
 @click.option("--lr-images", type=float, default=None, help="Learning rate of the pixels.")
 @click.option("--soft-labels", is_flag=True, default=None, help="Learn soft labels too (gm, tm).")
 @click.option("--width", type=int, default=None,

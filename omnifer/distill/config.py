@@ -45,7 +45,8 @@ class DistillConfig(StageConfig):
     views: int = RDEDOptions.views  #: rded: random views scored per real image, itself included
     #: rded: top (the views the model scores highest) or spread (evenly over its scores)
     select: str = RDEDOptions.select
-    iterations: int | None = None  #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500)
+    #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500; sre2l 200)
+    iterations: int | None = None
     lr_images: float | None = None  #: None: the method's
     soft_labels: bool = False  #: learn soft labels too (gm, tm)
     width: int | None = None  #: ConvNet channels; None: 128 on GPU, 32 on CPU

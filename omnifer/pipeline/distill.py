@@ -25,8 +25,9 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
     with, else the latest synth run's labeled set).
 
     ``model`` (default: the model that mined ``source``, else the latest train run) scores and
-    labels the images of ``rded``, sets the default image size (its input size) and reports
-    the share of distilled images it gives their label (``agreement``). A class with fewer
+    labels the images of ``rded`` (``sre2l`` also learns them from it), sets the default image
+    size (its input size) and reports the share of distilled images it gives their label
+    (``agreement``). A class with fewer
     images than requested is filled with augmented views of its images, and the run says so.
     """
     from omnifer.data import LabeledSet
@@ -35,6 +36,7 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
     from omnifer.distill import distill as distill_images
     from omnifer.distill.config import SIZE_WITHOUT_MODEL
     from omnifer.distill.fill import fill_short_classes
+    from omnifer.distill.methods import METHODS
     from omnifer.distill.methods.rded import RDEDOptions, check_options
     from omnifer.distill.output import write_distilled
 
@@ -47,9 +49,9 @@ def distill(workspace: Any = None, config: Any = None, *, source: Any = None,
     config = config.replace(size=size).resolved(is_gpu(config.device))
     if config.method == "rded":
         check_options(RDEDOptions(**config.distill_kwargs()["options"]), size)
-        if model_path is None:
-            raise OmniferError("rded needs a trained model to score the images; train one "
-                               "first (omnifer train) or pass --model, or use --method dm")
+    if getattr(METHODS.get(config.method), "needs_teacher", False) and model_path is None:
+        raise OmniferError(f"{config.method} needs a trained model to score the images; train "
+                           "one first (omnifer train) or pass --model, or use --method dm")
     classes = data.expressions
     counts = np.bincount(data.table["expression"].to_numpy(np.int64), minlength=len(classes))
     present = np.flatnonzero(counts)  # a class the source lacks is left out, not invented

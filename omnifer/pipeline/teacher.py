@@ -3,7 +3,7 @@ label, and its probabilities for image arrays."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,38 +58,76 @@ def model_input_size(model_run: Path) -> int:
     return int(load_models(model_run)[0].config.input_size)
 
 
-def teacher(model_run: Path, classes: Sequence[str], device: str) -> Callable[[Any], np.ndarray]:
-    """``teacher(images)``: the model's (ensemble's, temperature-scaled) probabilities of
-    ``classes`` for float images ``[B, 3, H, W]`` in [0, 1] (resized to its input size)."""
-    import torch
-    import torch.nn.functional as F
-
+def teacher(model_run: Path, classes: Sequence[str], device: str) -> Judge:
+    """The model(s) at ``model_run`` as a teacher of ``classes`` (see :class:`Judge`)."""
     from omnifer.device import resolve_device
     from omnifer.errors import OmniferError
     from omnifer.models import load_models
-    from omnifer.models.inference import ensemble, predict
 
-    dev = resolve_device(device)
-    models = load_models(model_run, device=dev)
-    cfg = models[0].config
-    missing = [c for c in classes if c not in cfg.expressions]
+    models = load_models(model_run, device=resolve_device(device))
+    expressions = list(models[0].config.expressions)
+    missing = [c for c in classes if c not in expressions]
     if missing:
         raise OmniferError(f"the model at {model_run} has no class {missing[0]!r}; pass a model "
                            "trained on the same expression classes (--model)")
-    cols = [list(cfg.expressions).index(c) for c in classes]
-    mean = torch.tensor(cfg.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, device=dev).view(1, 3, 1, 1)
+    return Judge(models, [expressions.index(c) for c in classes])
 
-    @torch.inference_mode()
-    def probs(images: Any) -> np.ndarray:
-        x = images.to(dev, torch.float32)
-        if x.shape[-1] != cfg.input_size:
-            x = F.interpolate(x, size=(cfg.input_size,) * 2, mode="bilinear", antialias=True,
+
+class Judge:
+    """``judge(images)``: the model's (ensemble's, temperature-scaled) probabilities of its
+    ``cols`` classes for float images ``[B, 3, H, W]`` in [0, 1] (resized to its input size);
+    :meth:`log_probs` is the same as a differentiable tensor, and :meth:`batchnorms` gives each
+    model's batch-norm layers, for methods that learn images from the model."""
+
+    def __init__(self, models: Sequence[Any], cols: Sequence[int]) -> None:
+        import torch
+
+        for m in models:
+            m.eval().requires_grad_(False)
+        cfg = models[0].config
+        self.models, self.cols, self.size = list(models), list(cols), int(cfg.input_size)
+        self.device = next(models[0].parameters()).device
+        self.mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1)
+
+    def inputs(self, images: Any) -> Any:
+        """``images`` on the model's device, at its size, normalised."""
+        import torch
+        import torch.nn.functional as F
+
+        x = images.to(self.device, torch.float32)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size,) * 2, mode="bilinear", antialias=True,
                               align_corners=False)
-        x = (x - mean) / std
-        rows = np.arange(len(x))
-        out = ensemble(models, [predict(m, lambda r: x[r], rows, batch_size=len(x) or 1)
-                                for m in models])
-        return out["expression_probs"][:, cols]
+        return (x - self.mean) / self.std
 
-    return probs
+    def __call__(self, images: Any) -> np.ndarray:
+        import torch
+
+        from omnifer.models.inference import ensemble, predict
+
+        with torch.inference_mode():
+            x = self.inputs(images)
+            rows = np.arange(len(x))
+            out = ensemble(self.models, [predict(m, lambda r: x[r], rows, batch_size=len(x) or 1)
+                                         for m in self.models])
+        return out["expression_probs"][:, self.cols]
+
+    def log_probs(self, images: Any) -> Any:
+        """Log of the ensemble's temperature-scaled probabilities of the ``cols`` classes
+        (renormalised over them), differentiable in ``images``."""
+        import math
+
+        import torch
+
+        x = self.inputs(images)
+        logs = [(m(x)["expression"][:, self.cols] / m.config.temperature).log_softmax(1)
+                for m in self.models]
+        return torch.logsumexp(torch.stack(logs), 0) - math.log(len(logs))
+
+    def batchnorms(self) -> list[list[Any]]:
+        """Each model's batch-norm layers, in the order its forward pass meets them."""
+        from torch import nn
+
+        return [[layer for layer in m.modules() if isinstance(layer, nn.BatchNorm2d)]
+                for m in self.models]

@@ -6,9 +6,12 @@ Methods (registry :data:`METHODS`, entry point :func:`distill`), one module each
 ``gm``  gradient matching (:mod:`~omnifer.distill.methods.gm`)
 ``tm``  trajectory matching from expert trajectories (:mod:`~omnifer.distill.methods.tm`)
 ``rded`` real views a trained model selects and labels (:mod:`~omnifer.distill.methods.rded`)
+``sre2l`` images recovered from a trained model's batch-norm statistics
+(:mod:`~omnifer.distill.methods.sre2l`)
 
 dm, gm and tm learn synthetic images with Adam in pixel units and keep them in ``[0, 1]``
-after each update; rded selects real views and learns nothing.
+after each update; rded selects real views and learns nothing; sre2l learns pixels from a
+trained model (its own loop).
 All randomness comes from one ``torch.Generator`` seeded with ``seed``; its state is part of
 the checkpoint, so a resumed run ends with the same result as an uninterrupted one. Importing
 this package does not import torch.
@@ -29,6 +32,7 @@ from omnifer.distill.methods.base import (METHODS, Distilled, Progress, check_so
 from omnifer.distill.methods.dm import DistributionMatching, DMOptions
 from omnifer.distill.methods.gm import GMOptions, GradientMatching, gradient_distance
 from omnifer.distill.methods.rded import RDED, RDEDOptions, Teacher, check_select
+from omnifer.distill.methods.sre2l import SRe2L, SRe2LOptions
 from omnifer.distill.methods.tm import (TMOptions, TrajectoryMatching, train_experts,
                                         trajectory_gradient)
 from omnifer.distill.strategy import DEFAULT_STRATEGY, parse_strategy
@@ -39,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DMOptions", "Distilled", "DistributionMatching", "GMOptions", "GradientMatching", "METHODS",
-    "Progress", "RDED", "RDEDOptions", "TMOptions", "TrajectoryMatching",
+    "Progress", "RDED", "RDEDOptions", "SRe2L", "SRe2LOptions", "TMOptions",
+    "TrajectoryMatching",
     "check_select", "check_soft_labels",
     "distill", "get_method", "gradient_distance", "train_experts", "trajectory_gradient",
 ]
@@ -66,7 +71,7 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
     ``images_per_class`` synthetic images per class.
 
     ``iterations`` and ``lr_images`` default to the method's own (dm 1000 / 0.002, gm 200 / 0.01,
-    tm 500 / 0.01); ``options`` holds method-specific knobs (:class:`DMOptions`,
+    tm 500 / 0.01, sre2l 200 / 0.01); ``options`` holds method-specific knobs (:class:`DMOptions`,
     :class:`GMOptions`, :class:`TMOptions`). ``batch_real`` sets the real images per class per
     step of the methods that have that option (dm, gm; others ignore it). ``soft_labels`` learns
     label logits with the images (gm, tm). ``init`` is ``real`` (random real images of each
@@ -98,16 +103,18 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
     if init not in ("real", "noise"):
         raise OmniferError(f"unknown init {init!r}; choose 'real' or 'noise'")
     check_soft_labels(method, soft_labels)
+    iterations = spec.iterations if iterations is None else int(iterations)
+    lr_images = spec.lr_images if lr_images is None else float(lr_images)
     if needs_teacher:
         if teacher is None:
             raise OmniferError(f"method {method!r} needs a trained model to score images; train "
                                "one first (omnifer train) or pass it (--model)")
         mean, std = channel_stats(x)
+        learns = {"iterations": iterations, "lr_images": lr_images, "init": init} \
+            if iterations else {}  # rded selects and learns nothing
         return spec.run(x, y, n_classes=n_classes, ipc=int(images_per_class), opts=opts,
                         teacher=teacher, seed=int(seed), checkpoint=checkpoint,
-                        progress=progress, mean=mean, std=std)
-    iterations = spec.iterations if iterations is None else int(iterations)
-    lr_images = spec.lr_images if lr_images is None else float(lr_images)
+                        progress=progress, mean=mean, std=std, **learns)
     strategy = parse_strategy(augment)
     dev = resolve_device(device)
     mean, std = channel_stats(x)

@@ -77,14 +77,22 @@ class RDED:
             if progress is not None:
                 progress(c + 1, n_classes, {"class": c})
         images = torch.cat([done[c] for c in range(n_classes)])
-        soft = np.concatenate([teacher(images[i:i + opts.batch_size])
-                               for i in range(0, len(images), opts.batch_size)])
-        soft = soft / soft.sum(1, keepdims=True)
         return Distilled(images=images.numpy().astype(np.float32),
                          labels=np.repeat(np.arange(n_classes), ipc).astype(np.int64),
-                         soft_labels=soft.astype(np.float32), method="rded", iterations=0,
+                         soft_labels=soft_labels(images, teacher, opts.batch_size),
+                         method="rded", iterations=0,
                          seconds=time.perf_counter() - t0, history=(), mean=tuple(mean),
                          std=tuple(std))
+
+
+def soft_labels(images: torch.Tensor, teacher: Teacher, batch_size: int) -> np.ndarray:
+    """The teacher's probabilities of ``images``, ``batch_size`` at a time, rows summing to 1
+    (float32)."""
+    import numpy as np
+
+    soft = np.concatenate([teacher(images[i:i + batch_size])
+                           for i in range(0, len(images), batch_size)])
+    return (soft / soft.sum(1, keepdims=True)).astype(np.float32)
 
 
 #: How the kept images are chosen from each class's best views.
