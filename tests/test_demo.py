@@ -1,6 +1,7 @@
 """``omnifer demo``: the whole chain on the tiny benchmark, resumable step by step."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,13 +31,20 @@ def finished(tmp_path_factory):
 
     ws = tmp_path_factory.mktemp("demo")
     events = []
-    rec = pipeline.demo(ws, DemoConfig(preset="tiny", fast=True, device="cpu"),
-                        on_step=events.append)
-    return ws, rec, events
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("omnifer.pipeline.demo").addHandler(handler)
+    try:
+        rec = pipeline.demo(ws, DemoConfig(preset="tiny", fast=True, device="cpu"),
+                            on_step=events.append)
+    finally:
+        logging.getLogger("omnifer.pipeline.demo").removeHandler(handler)
+    return ws, rec, events, warnings
 
 
 def test_demo_runs_every_step_and_reports(finished):
-    ws, rec, events = finished
+    ws, rec, events, _ = finished
     names = [s.name for s in steps(DemoConfig())]
     assert rec.status == "complete" and [s["step"] for s in rec.steps] == names
     assert [e["step"] for e in events if e["status"] == "done"] == names
@@ -54,17 +62,27 @@ def test_demo_runs_every_step_and_reports(finished):
     assert (ws / "hub").is_dir() and list((ws / "hub").glob("*/README.md"))
 
 
+def test_demo_says_plainly_when_nothing_was_mined(finished):
+    ws, rec, _, warnings = finished
+    mine = next(s["run"] for s in rec.steps if s["step"] == "mine")
+    manifest = json.loads((ws / ".omnifer/runs" / mine / "manifest.json").read_text())
+    assert manifest["counts"]["mined"] == 0  # a 3-epoch model on the tiny preset mines nothing
+    assert any(w.startswith("the mined set is empty (more --teacher-epochs") and
+               w.endswith("distilling the labeled faces") for w in warnings)
+    assert not any("has no face of" in w for w in warnings)
+
+
 def test_demo_again_redoes_nothing(finished):
     from omnifer import pipeline
 
-    ws, rec, _ = finished
+    ws, rec, _, _ = finished
     before = run_dirs(ws)
     again = pipeline.demo(ws, DemoConfig(preset="tiny", fast=True, device="cpu"))
     assert again.run_id == rec.run_id and run_dirs(ws) == before
 
 
 def test_demo_cli_prints_results_and_report(finished, run_cli):
-    ws, rec, _ = finished
+    ws, rec, _, _ = finished
     code, out, err = run_cli("demo", ws, *FAST)
     assert code == 0, err
     assert out.rstrip().splitlines()[-1] == f"report: {ws / 'report.html'}"

@@ -218,8 +218,12 @@ def _run_step(ws: Any, config: DemoConfig, step: Step, records: dict[str, RunRec
         counts = _class_counts(mined)
         lacking = [c for c, n in counts.items() if n == 0]
         if lacking:  # those classes' images come from their labeled faces
-            log.warning("the mined set has no face of %s; distilling it with the labeled "
-                        "faces", ", ".join(lacking))
+            if len(lacking) == len(counts):
+                log.warning("the mined set is empty (more --teacher-epochs make a primitive "
+                            "model that mines faces); distilling the labeled faces")
+            else:
+                log.warning("the mined set has no face of %s; distilling it with the labeled "
+                            "faces", ", ".join(lacking))
             data = resolve.read_data(ws, synth.labeled)
             labels = data.table["expression"].dropna().astype(int)
             for c, n in labels.value_counts().items():
