@@ -1,8 +1,9 @@
 """The primitive model as the distillation's teacher: whether it recognises images as their
-label, and its probabilities for image arrays."""
+label, and its probabilities for image arrays (also differentiable, with its batch-norm layers)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,6 @@ class Judge:
     def log_probs(self, images: Any) -> Any:
         """Log of the ensemble's temperature-scaled probabilities of the ``cols`` classes
         (renormalised over them), differentiable in ``images``."""
-        import math
-
         import torch
 
         x = self.inputs(images)

@@ -111,7 +111,7 @@ def distill(images: object, labels: object, *, n_classes: int, method: str = "dm
                                "one first (omnifer train) or pass it (--model)")
         mean, std = channel_stats(x)
         learns = {"iterations": iterations, "lr_images": lr_images, "init": init} \
-            if iterations else {}  # rded selects and learns nothing
+            if spec.iterations else {}  # rded selects and learns nothing
         return spec.run(x, y, n_classes=n_classes, ipc=int(images_per_class), opts=opts,
                         teacher=teacher, seed=int(seed), checkpoint=checkpoint,
                         progress=progress, mean=mean, std=std, **learns)

@@ -27,10 +27,6 @@ from omnifer.errors import OmniferError
 if TYPE_CHECKING:
     import torch
 
-#: How the recovered images start.
-INITS = ("real", "noise")
-
-
 @dataclass(frozen=True)
 class SRe2LOptions:
     r_bn: float = 0.01       # weight of the batch-norm statistics term
@@ -57,7 +53,7 @@ class SRe2L:
         from omnifer.artifacts import atomic_path, fingerprint
         from omnifer.distill.methods.checkpoint import data_fingerprint
 
-        check(opts, teacher, init)
+        check(opts, teacher)
         t0 = time.perf_counter()
         tag = fingerprint({"options": opts, "ipc": ipc, "seed": seed, "init": init,
                            "iterations": iterations, "lr_images": lr_images,
@@ -109,10 +105,9 @@ def starting_images(x: torch.Tensor, y: torch.Tensor, n_classes: int, ipc: int, 
                       for c in range(n_classes)])
 
 
-def check(opts: SRe2LOptions, teacher: Any, init: str) -> None:
-    """One-line errors for options and teachers sre2l cannot work with."""
-    if init not in INITS:
-        raise OmniferError(f"sre2l init {init!r} is unknown; use one of {', '.join(INITS)}")
+def check(opts: SRe2LOptions, teacher: Any) -> None:
+    """One-line errors for options and teachers sre2l cannot work with (``distill`` checks
+    ``init``)."""
     if opts.r_bn < 0 or opts.first_bn < 0 or opts.jitter < 0 or opts.batch_size < 1:
         raise OmniferError(f"sre2l r_bn {opts.r_bn}, first_bn {opts.first_bn} and jitter "
                            f"{opts.jitter} must be at least 0 and batch_size {opts.batch_size} "
