@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from omnifer import host
 
 
 def synth(work: Path, preset: str) -> Path:
@@ -70,7 +71,7 @@ def main() -> None:
             rates[n].append(rate)
             print(f"repeat {r}: {n} process(es): {rate:.1f} samples/s", file=sys.stderr)
     base = statistics.median(rates[args.processes[0]])
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"\n{host.describe()}, "
           f"{args.backbone} {args.size} px, global batch {args.batch_size}, {args.epochs} "
           f"epochs, {args.repeats} repeats, {args.threads} threads in all\n")
     print("| processes | threads each | samples/s (median) | ratio |")

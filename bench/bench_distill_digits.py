@@ -30,7 +30,6 @@ Runs on one thread unless ``--threads`` says otherwise; CUDA when present (``--d
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnifer import host
 from omnifer.distill import (NO_FLIP_STRATEGY, build_convnet, distill, evaluate_sets,
                              select_coreset, train_experts)
 from omnifer.distill.networks import channel_stats, train_network
@@ -219,7 +219,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
     print("command: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}\n")
+    print(f"machine: {host.describe()}, torch {torch.__version__}\n")
     t0 = time.perf_counter()
     (run_timing if args.timing else run_benchmark)(args, device)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s")

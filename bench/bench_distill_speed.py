@@ -15,7 +15,6 @@ default iterations), else it is ``setup + iterations x median`` and marked as pr
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -25,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from omnifer import host
 from omnifer.data import LabeledSet
 from omnifer.data.cache import decoded_images
 from omnifer.distill import METHODS, DistillConfig, distill, train_experts
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
 
     print("command: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"machine: {host.describe()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     data = LabeledSet.load(args.data)
     cache = args.cache or tempfile.mkdtemp(prefix="omnifer-bench-")

@@ -30,7 +30,6 @@ as a third arm.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnifer import host
 from omnifer.distill import METHODS, distill, dsa
 from omnifer.distill.methods import DistributionMatching
 
@@ -152,7 +152,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # get_network's own choice
     print("command: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`")
-    print(f"machine: {platform.processor() or platform.machine()}, device {device}, "
+    print(f"machine: {host.describe()}, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"settings: 32 px, 3 channels, {args.classes} classes x {args.real} real images, "
           f"ipc {args.ipc}, batch_real {args.batch_real}, ConvNet width {args.width} depth 3\n")

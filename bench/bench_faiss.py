@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from omnifer import host  # noqa: E402
 from omnifer.pools import faiss_index as fi  # noqa: E402
 
 
@@ -71,8 +72,8 @@ def machine() -> str:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem = float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-            f"{mem:.0f} GiB RAM, python {platform.python_version()}, numpy {np.__version__}, "
+    return (f"{host.describe()}, {mem:.0f} GiB RAM, python {platform.python_version()}, "
+            f"numpy {np.__version__}, "
             f"faiss {faiss.__version__} ({faiss.get_num_gpus()} GPUs, "
             f"{faiss.omp_get_max_threads()} threads)")
 

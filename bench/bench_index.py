@@ -392,15 +392,10 @@ def profile(root: Path, backbone: str, n: int, workers: list[int], batch_size: i
 # ---------------------------------------------------------------- report
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from omnifer import host
+
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load}"
+    return f"{host.describe()}, load average {load}"
 
 
 def main() -> None:

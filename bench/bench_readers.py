@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from omnifer import host  # noqa: E402
 from omnifer.data import read_labeled  # noqa: E402
 from omnifer.synth import generate  # noqa: E402
 
@@ -31,8 +32,8 @@ def main() -> None:
     out = os.path.join(args.data, args.preset)
     if not os.path.exists(os.path.join(out, "synth.json")):
         generate(out, preset=args.preset, seed=0)
-    print(f"# {' '.join(sys.argv)} | {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus, python {platform.python_version()}")
+    print(f"# {' '.join(sys.argv)} | {host.describe()}, "
+          f"python {platform.python_version()}")
     for label, path in (("labeled.toml (4 formats)", os.path.join(out, "labeled.toml")),
                         ("class folders", os.path.join(out, "labeled", "expr"))):
         times, n = [], 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 import warnings
@@ -37,17 +36,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from omnifer import host
 from omnifer.train.structural import select_anchors, similarity_rows, structural_loss
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def reference(x: np.ndarray, y: np.ndarray, eps: float, regularised: bool) -> float:
@@ -117,7 +107,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Sinkhorn did not converge")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), {device}; "
+    print(f"# {host.describe()}, torch {torch.__version__}, {args.threads} thread(s), {device}; "
           f"k={args.anchors} rule={args.rule} epsilon={args.epsilon} "
           f"iterations={args.iterations}, median of {args.repeats}")
     print(f"{'B':>5} {'method':<22} {'ms fwd+bwd':>11} {'value':>12} {'error':>9}")

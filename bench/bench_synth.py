@@ -22,19 +22,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from omnifer import host  # noqa: E402
 from omnifer.synth import generate, resolve_config  # noqa: E402
 from omnifer.synth.sampling import identity_table, render_rows, sample_rows  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:
@@ -50,7 +40,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(f"machine: {host.describe()}, python {platform.python_version()}")
     cfg = resolve_config(args.preset, size=args.size)
     ids = identity_table(cfg, 0, "labeled")
     best = 0.0

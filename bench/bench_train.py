@@ -14,7 +14,6 @@ optimiser step).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnifer import host
 from omnifer.data import read_labeled
 from omnifer.data.batches import BatchMaker
 from omnifer.data.cache import decoded_images
@@ -82,7 +82,7 @@ def main() -> None:
             print(f"round {r + 1}: bare {bare_rates[-1]:.1f} samples/s, "
                   f"loop {loop_rates[-1]:.1f} samples/s", flush=True)
     b, lo = statistics.median(bare_rates), statistics.median(loop_rates)
-    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"\n{host.describe()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.backbone} @ {args.size}px, "
           f"batch {args.batch_size}, {args.steps} steps x {args.repeat} rounds")
     print(f"median bare forward+backward: {b:.1f} samples/s")

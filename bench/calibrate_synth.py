@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from omnifer import host  # noqa: E402
 from omnifer.synth import make_identities, resolve_config, sample_faces  # noqa: E402
 
 
@@ -155,7 +155,7 @@ def main(argv=None):
     n1 = args.n1 or expression_labeled_count(cfg)
     n10 = args.factor * n1
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+    print(f"machine: {host.describe()} "
           f"torch={torch.__version__} threads={args.threads}")
     print(f"preset={args.preset} overrides={overrides} size={args.size} n1={n1} n{args.factor}x={n10} "
           f"test={args.n_test} ids1={cfg.n_identities_labeled} ids{args.factor}x="

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnifer import pipeline
+from omnifer import host, pipeline
 from omnifer.pipeline import resolve
 from omnifer.pipeline.distill import source_data
 from omnifer.artifacts import atomic_write_json
@@ -148,7 +148,7 @@ def main() -> None:
                                                      **options), source=mine)
             results.setdefault("distill", {})[key] = {
                 "run": rec.ref, "seconds": time.perf_counter() - t0,
-                "agreement": rec.agreement, "filled": rec.filled}
+                "agreement": rec.agreement, "filled": rec.filled, "cpu": host.describe()}
             atomic_write_json(out, results)
         run = ws.resolve(results["distill"][key]["run"], "distill")
         arms[key] = (str(run.path / "distilled.parquet"), "distilled")
@@ -188,7 +188,7 @@ def main() -> None:
                             "epochs": len(json.loads((Path(run.members[0]).parent
                                                       / "history.json").read_text())),
                             "macro_f1": m["expression"]["macro_f1"],
-                            "ccc_mean": m["va"]["ccc_mean"]}
+                            "ccc_mean": m["va"]["ccc_mean"], "cpu": host.describe()}
             atomic_write_json(out, results)
             print(key, results[key], flush=True)
     report(results, list(arms), args.seeds)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnifer import __version__
+from omnifer import __version__, host
 from omnifer.artifacts import (
     atomic_write_json,
     current_umask,
@@ -310,6 +310,7 @@ class Workspace:
             "packages": package_versions(),
             "python": platform.python_version(),
             "host": platform.node(),
+            "cpu": host.cpu(),
             "pid": os.getpid(),
             "device": device,
             "seed": seed,

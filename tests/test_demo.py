@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from omnifer import host
 from omnifer.errors import OmniferError
 from omnifer.pipeline.demo import DemoConfig, steps
 
@@ -58,7 +59,14 @@ def test_demo_runs_every_step_and_reports(finished):
                 for a in rec.arms[1:]]
     assert all(m["config"]["teacher"] for m in students)
     assert [len(m["config"]["data"]) for m in students] == [1, 2, 2, 3]
+    # --fast: the primitive model trains longer than the students, long enough to mine faces
+    teacher = json.loads((ws / ".omnifer/runs" / rec.arms[0]["train"] / "manifest.json")
+                         .read_text())
+    assert teacher["config"]["train"]["epochs"] == DemoConfig.fast_teacher_epochs > 3
+    assert {m["config"]["train"]["epochs"] for m in students} == {DemoConfig.fast_student_epochs}
     assert (ws / "report.html").is_file() and (ws / "report.md").is_file()
+    # the machine the results came from heads the report
+    assert f"- machine: {host.describe()}" in (ws / "report.md").read_text().splitlines()
     assert (ws / "hub").is_dir() and list((ws / "hub").glob("*/README.md"))
 
 
@@ -66,7 +74,7 @@ def test_demo_says_plainly_when_nothing_was_mined(finished):
     ws, rec, _, warnings = finished
     mine = next(s["run"] for s in rec.steps if s["step"] == "mine")
     manifest = json.loads((ws / ".omnifer/runs" / mine / "manifest.json").read_text())
-    assert manifest["counts"]["mined"] == 0  # a 3-epoch model on the tiny preset mines nothing
+    assert manifest["counts"]["mined"] == 0  # a model of the tiny preset's few dozen faces mines nothing
     assert any(w.startswith("the mined set is empty (more --teacher-epochs") and
                w.endswith("distilling the labeled faces") for w in warnings)
     assert not any("has no face of" in w for w in warnings)

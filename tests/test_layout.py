@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).parents[1] / "omnifer"
 #: top-level modules and packages, lowest layer first; a module imports only its own layer or
 #: layers before it (__main__ -> cli -> pipeline -> stages -> data/models/faces -> base)
 BASE = {"errors", "labels", "metrics", "uncertainty", "plots", "artifacts", "checks", "registry",
-        "device", "allocator", "config", "workspace", "records", "__init__"}
+        "device", "allocator", "config", "host", "workspace", "records", "__init__"}
 STAGES = {"synth", "pools", "mining", "distill", "train", "hub", "report"}
 LAYERS = [BASE, {"data"}, {"models", "faces"}, STAGES, {"pipeline"}, {"cli"}, {"__main__"}]
 #: stage packages that may import another stage (docs/architecture.md says why)

@@ -20,6 +20,7 @@ README = ROOT / "README.md"
 #: README value -> tiny-preset value
 SIZES = [
     (r"--preset (demo|small)", "--preset tiny"),
+    (r"demo quick --fast", "demo quick --preset tiny --fast"),
     (r'preset="demo"', 'preset="tiny"'),
     (r"--epochs \d+", "--epochs 1"),
     (r"epochs=\d+", "epochs=1"),

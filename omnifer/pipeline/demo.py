@@ -33,8 +33,11 @@ class DemoConfig(StageConfig):
     section: ClassVar[str] = "demo"
 
     preset: str = "demo"  #: the synth preset
-    fast: bool = False  #: a quick look: short training (``fast_epochs`` for every model)
-    fast_epochs: int = 3
+    #: a quick look: the primitive model trains ``fast_teacher_epochs``, each student
+    #: ``fast_student_epochs``
+    fast: bool = False
+    fast_teacher_epochs: int = 10  #: on the demo preset, enough for the model to mine faces
+    fast_student_epochs: int = 2
     backbone: str = "convnet"
     input_size: int = 64  #: the primitive model's
     student_size: int = 48  #: the students' input size (the teacher labels at its own)
@@ -48,8 +51,8 @@ class DemoConfig(StageConfig):
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("fast_epochs", "teacher_epochs", "student_epochs", "images_per_class",
-                     "input_size", "student_size"):
+        for name in ("fast_teacher_epochs", "fast_student_epochs", "teacher_epochs",
+                     "student_epochs", "images_per_class", "input_size", "student_size"):
             if getattr(self, name) < 1:
                 raise OmniferError(f"demo {name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.distilled_share < 1:
@@ -57,9 +60,9 @@ class DemoConfig(StageConfig):
                                f"{self.distilled_share}; e.g. 0.2")
 
     def epochs(self, role: str) -> int:
-        if self.fast:
-            return self.fast_epochs
-        return self.teacher_epochs if role == "teacher" else self.student_epochs
+        if role == "teacher":
+            return self.fast_teacher_epochs if self.fast else self.teacher_epochs
+        return self.fast_student_epochs if self.fast else self.student_epochs
 
 
 #: the students: name, role (for the report's share of the mined gain), extra data sources

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifer import __version__
+from omnifer import __version__, host
 from omnifer.errors import OmniferError, one_line
 from omnifer.pipeline import resolve
 from omnifer.pipeline.progress import Progress, bar
@@ -67,6 +67,8 @@ def report(workspace: Any = None, config: Any = None, *, arms: list[dict[str, An
                   ("omnifer", __version__)]
         if demo is not None:
             header.append(("demo run", f"{demo.ref} ({demo_state(demo)})"))
+        if demo is None or "cpu" in demo.manifest:  # the machine the results came from
+            header.append(("machine", host.describe(demo.manifest["cpu"] if demo else None)))
         sections: list[dict[str, Any]] = []
         shown: dict[str, int] = {}  # the embedding map's group sizes
         builders = [
