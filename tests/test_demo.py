@@ -100,6 +100,7 @@ def test_demo_cli_prints_results_and_report(finished, run_cli):
 @pytest.mark.parametrize("flags, message", [
     (["--teacher-epochs", "0"], "teacher_epochs must be at least 1"),
     (["--images-per-class", "0"], "images_per_class must be at least 1"),
+    (["--teacher-epochs", "5"], "give teacher/student epochs without fast"),
 ])
 def test_demo_bad_values_are_one_line_and_write_nothing(tmp_path, run_cli, flags, message):
     code, out, err = run_cli("demo", tmp_path / "ws", *FAST, *flags)

@@ -22,8 +22,9 @@ DEFAULT_WORKSPACE = "demo"
 @click.option("--preset", default=None,
               help=f"Synthetic benchmark preset: tiny, small, demo, scale or large [{D.preset}].")
 @click.option("--fast", is_flag=True, default=None,
-              help=f"A quick look: the primitive model trains {D.fast_teacher_epochs} epochs, "
-                   f"each student {D.fast_student_epochs}.")
+              help=f"A quicker look: the primitive model trains {D.fast_teacher_epochs} "
+                   f"epochs, each student {D.fast_student_epochs} (instead of --teacher-epochs "
+                   "and --student-epochs).")
 @click.option("--teacher-epochs", type=int, default=None,
               help=f"Epochs of the primitive model [{D.teacher_epochs}].")
 @click.option("--student-epochs", type=int, default=None,

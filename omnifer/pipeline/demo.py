@@ -55,6 +55,12 @@ class DemoConfig(StageConfig):
                      "student_epochs", "images_per_class", "input_size", "student_size"):
             if getattr(self, name) < 1:
                 raise OmniferError(f"demo {name} must be at least 1, not {getattr(self, name)}")
+        cls = type(self)
+        if self.fast and (self.teacher_epochs, self.student_epochs) != (cls.teacher_epochs,
+                                                                         cls.student_epochs):
+            raise OmniferError(f"demo fast sets the epochs ({self.fast_teacher_epochs} for the "
+                               f"primitive model, {self.fast_student_epochs} for each student); "
+                               "give teacher/student epochs without fast")
         if not 0 < self.distilled_share < 1:
             raise OmniferError(f"demo distilled_share must lie in (0, 1), not "
                                f"{self.distilled_share}; e.g. 0.2")
