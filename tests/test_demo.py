@@ -74,7 +74,7 @@ def test_demo_says_plainly_when_nothing_was_mined(finished):
     ws, rec, _, warnings = finished
     mine = next(s["run"] for s in rec.steps if s["step"] == "mine")
     manifest = json.loads((ws / ".omnifer/runs" / mine / "manifest.json").read_text())
-    assert manifest["counts"]["mined"] == 0  # a model of the tiny preset's few dozen faces mines nothing
+    assert manifest["counts"]["mined"] == 0  # the tiny preset's model mines nothing
     assert any(w.startswith("the mined set is empty (more --teacher-epochs") and
                w.endswith("distilling the labeled faces") for w in warnings)
     assert not any("has no face of" in w for w in warnings)
