@@ -324,7 +324,8 @@ def test_errors_are_one_line_omnifer_errors(data):
     cases = [
         ({"images_per_class": 0}, "images_per_class is 0"),
         ({"images_per_class": 21}, "exceeds the 20 images of class 0"),
-        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, rded, sre2l, tm"),
+        ({"method": "kip"},
+         "unknown distillation method 'kip'; choose one of: dm, gm, rded, sre2l, tm"),
         ({"options": {"bogus": 1}}, "unknown option 'bogus'"),
         ({"soft_labels": True}, "does not learn labels"),
         ({"init": "zeros"}, "unknown init 'zeros'"),
@@ -377,7 +378,8 @@ def test_distill_config_defaults_and_validation(tmp_path):
     cases = [
         ({"images_per_class": 0}, "images_per_class is 0; use an integer of at least 1"),
         ({"images_per_class": "ten"}, "images_per_class is 'ten'"),
-        ({"method": "kip"}, "unknown distillation method 'kip'; choose one of: dm, gm, rded, sre2l, tm"),
+        ({"method": "kip"},
+         "unknown distillation method 'kip'; choose one of: dm, gm, rded, sre2l, tm"),
         ({"size": 1}, "size is 1; use an integer of at least 2"),
         ({"iterations": 0, "method": "dm"}, "iterations is 0"),
         ({"lr_images": 0.0, "method": "dm"}, "lr_images is 0.0; use a finite number above 0"),
