@@ -44,6 +44,7 @@ from omnifer.train.distributed import Ranks, gather_parts
 from omnifer.train.losses import LossConfig, au_pos_weight, multitask_loss, soft_targets
 from omnifer.train.relabel import Relabeler, relabeler_for
 from omnifer.train.split import split_validation
+from omnifer.train.stopping import should_stop
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +371,7 @@ def _train_member(k: int, member_dir: Path, *, seed: int, mcfg: ModelConfig,
             else:
                 st["bad_epochs"] += 1
             st["history"].append(entry)
-            if config.patience and st["bad_epochs"] >= config.patience:
-                log.info("member %d: early stop after epoch %d", k, st["epoch"])
+            if should_stop(k, st, config, sched.get_last_lr()[0] / config.lr):
                 st["done"] = True
             if ranks.main:
                 _save_state(state_path, model, opt, sched, gen, st)
