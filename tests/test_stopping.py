@@ -1,5 +1,5 @@
-"""Early stopping: it ends a run after --patience epochs without a new best, keeps the best
-epoch's checkpoint, and warns when it stops a cosine schedule that has not yet decayed."""
+"""Early stopping: it ends a run after --patience epochs without a new best, and warns when it
+stops a cosine schedule that has not yet decayed."""
 
 import itertools
 import logging
