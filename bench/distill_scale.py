@@ -121,6 +121,7 @@ def main() -> None:
     labeled_n = int(resolve.read_data(
         ws, resolve.synth_output(ws, None, "labeled")).masks()["expression"].sum())
     results["sizes"] = {"labeled_expression": labeled_n, "mined": len(mined)}
+    machine = host.describe()  # stored with every entry: float results differ between CPUs
 
     arms: dict[str, tuple[str | None, str | None]] = {"labeled": (None, None),
                                                        "mined": (str(mine.dataset), None)}
@@ -148,7 +149,7 @@ def main() -> None:
                                                      **options), source=mine)
             results.setdefault("distill", {})[key] = {
                 "run": rec.ref, "seconds": time.perf_counter() - t0,
-                "agreement": rec.agreement, "filled": rec.filled, "cpu": host.describe()}
+                "agreement": rec.agreement, "filled": rec.filled, "cpu": machine}
             atomic_write_json(out, results)
         run = ws.resolve(results["distill"][key]["run"], "distill")
         arms[key] = (str(run.path / "distilled.parquet"), "distilled")
@@ -188,7 +189,7 @@ def main() -> None:
                             "epochs": len(json.loads((Path(run.members[0]).parent
                                                       / "history.json").read_text())),
                             "macro_f1": m["expression"]["macro_f1"],
-                            "ccc_mean": m["va"]["ccc_mean"], "cpu": host.describe()}
+                            "ccc_mean": m["va"]["ccc_mean"], "cpu": machine}
             atomic_write_json(out, results)
             print(key, results[key], flush=True)
     report(results, list(arms), args.seeds)
