@@ -75,3 +75,18 @@ def test_data_check_wrong_column_type(run_cli, tmp_path):
         tmp_path / "labels.csv", index=False)
     code, _, err = run_cli("-q", "data", "check", tmp_path / "labels.csv")
     assert code == 1 and "valence" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_the_first_training_process_logs_warnings(tmp_path, rank):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "db" / "happiness").mkdir(parents=True)
+    for where in ("happiness/a.jpg", "loose.jpg"):
+        Image.new("RGB", (16, 16)).save(tmp_path / "db" / where)
+    proc = subprocess.run([sys.executable, "-m", "omnifer", "data", "check", str(tmp_path / "db")],
+                          capture_output=True, text=True, env={**os.environ, "RANK": rank})
+    assert proc.returncode == 0 and "1 samples" in proc.stdout
+    assert ("have no class folder and are ignored" in proc.stderr) == (rank == "0"), proc.stderr

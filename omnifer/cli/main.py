@@ -25,7 +25,11 @@ from omnifer.workspace import Terminated, terminate_like_interrupt
 @click.pass_context
 def cli(ctx: click.Context, workspace: str | None, as_json: bool, verbose: int, quiet: bool):
     """Build facial-expression datasets the omni-supervised way."""
+    from omnifer.pipeline import launch
+
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    if not launch.is_main():
+        level = logging.ERROR  # data-parallel training: one process tells, every one fails loud
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = Context(workspace_root=workspace, as_json=as_json, quiet=quiet,
                       argv=tuple(ctx.obj or ()))
