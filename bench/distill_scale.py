@@ -11,6 +11,8 @@ recipe on the labeled data plus each arm:
     rded-N-fF     the same with ``--factor F`` (``--factors``; F x F real views per image)
     rded-N-vV     the same with ``--views V`` (``--views``; views scored per real image)
     rded-N-spread the same with ``--select spread`` (``--select``; views spread over the scores)
+    rded-N-cC     the same with ``--candidates C`` (``--candidates``; C random images per class
+                  scored)
     dm-N          the same with ``--method dm`` (``--dm-ipc``; learned pixels)
     sre2l-N       the same with ``--method sre2l`` (``--sre2l-ipc``; pixels recovered from the
                   primitive model's batch-norm statistics)
@@ -91,6 +93,8 @@ def main() -> None:
                     help="rded --views values (arms rded-N-vV for V other than the default)")
     ap.add_argument("--select", nargs="+", default=[DistillConfig.select],
                     help="rded --select values (arms rded-N-SELECT for the non-default ones)")
+    ap.add_argument("--candidates", type=int, nargs="+", default=[DistillConfig.candidates],
+                    help="rded: random images per class scored (0: all)")
     ap.add_argument("--with-labeled", action="store_true",
                     help="the small arms come from the mined set plus the labeled faces")
     ap.add_argument("--epochs", type=int, default=10)
@@ -130,20 +134,21 @@ def main() -> None:
     small = source_data(ws, mine, args.with_labeled, None)[0]  # what the small arms draw from
     emb = labeled_embeddings(ws, small, model, "auto", what="embedding the small arms' source")
     d = DistillConfig
-    todo = [("rded", ipc, f, v, sel) for ipc in args.ipc for f in args.factors
-            for v in args.views for sel in args.select]
-    todo += [("dm", ipc, 1, d.views, d.select) for ipc in args.dm_ipc]
-    todo += [("sre2l", ipc, 1, d.views, d.select) for ipc in args.sre2l_ipc]
-    for method, ipc, factor, views, select in todo:
+    todo = [("rded", ipc, f, v, sel, cand) for ipc in args.ipc for f in args.factors
+            for v in args.views for sel in args.select for cand in args.candidates]
+    todo += [("dm", ipc, 1, d.views, d.select, d.candidates) for ipc in args.dm_ipc]
+    todo += [("sre2l", ipc, 1, d.views, d.select, d.candidates) for ipc in args.sre2l_ipc]
+    for method, ipc, factor, views, select, cand in todo:
         key = (f"{method}-{ipc}" + (f"-f{factor}" if factor > 1 else "")
                + (f"-v{views}" if views != d.views else "")
-               + (f"-{select}" if select != d.select else ""))
+               + (f"-{select}" if select != d.select else "")
+               + (f"-c{cand}" if cand != d.candidates else ""))
         if key not in results.get("distill", {}):
             if args.only and key not in {a.removesuffix("+relabel") for a in args.only}:
                 continue  # not asked for and not made yet
             t0 = time.perf_counter()
-            options = ({"factor": factor, "views": views, "select": select}
-                       if method == "rded" else {})
+            options = ({"factor": factor, "views": views, "select": select,
+                        "candidates": cand} if method == "rded" else {})
             rec = pipeline.distill(ws, DistillConfig(images_per_class=ipc, method=method,
                                                      with_labeled=args.with_labeled,
                                                      **options), source=mine)

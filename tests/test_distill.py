@@ -368,7 +368,8 @@ def test_distill_config_defaults_and_validation(tmp_path):
     assert (c.images_per_class, c.method, c.size, c.factor, c.views, c.iterations, c.lr_images,
             c.soft_labels, c.width, c.batch_real, c.with_labeled, c.seed, c.device) == (
         10, "rded", None, 1, 5, None, None, False, None, None, False, 0, "auto")
-    assert c.distill_kwargs()["options"] == {"factor": 1, "views": 5, "select": "top"}
+    assert c.distill_kwargs()["options"] == {"factor": 1, "views": 5, "select": "top",
+                                            "candidates": 0}
     assert "options" not in c.replace(method="dm").distill_kwargs()
     assert DistillConfig.section == "distill" and c.replace(width=None) == c
     path = tmp_path / "omnifer.toml"
@@ -392,6 +393,9 @@ def test_distill_config_defaults_and_validation(tmp_path):
         ({"factor": 0}, "factor is 0"),
         ({"views": 0}, "views is 0"),
         ({"select": "best"}, "rded select 'best' is unknown; use one of top, spread"),
+        ({"candidates": -1}, "candidates is -1; use an integer of at least 0"),
+        ({"candidates": 5, "images_per_class": 10}, "candidates is 5, fewer than the 10 images"),
+        ({"candidates": 30, "images_per_class": 10, "factor": 2}, "fewer than the 40 images"),
         ({"iterations": 5}, "rded selects real views and learns no pixels"),
         ({"lr_images": 0.01}, "rded selects real views"),
     ]

@@ -55,7 +55,9 @@ def test_distill_bad_input_is_one_line(mined_ws, tiny_synth, tmp_path, run_cli):
     before = sorted((ws / ".omnifer/runs").glob("distill/*"))
     for args, words in ((["--images-per-class", "0"], "at least 1"),
                         (["--images-per-class", "100000"], "is more than the largest class"),
-                        (["--method", "magic"], "magic")):
+                        (["--method", "magic"], "magic"),
+                        (["--images-per-class", "2", "--candidates", "1"],
+                         "candidates is 1, fewer than the 2 images")):
         code, _, err = run_cli("-w", ws, "distill", *args, "--device", "cpu")
         assert code != 0 and words in err and len(err.strip().splitlines()) == 1, err
     unlabeled = tmp_path / "unlabeled.csv"

@@ -149,3 +149,26 @@ def test_rded_spread_keeps_views_evenly_over_the_scores_the_model_agrees_with():
     with pytest.raises(OmniferError, match="select 'best' is unknown"):
         distill(x, y, n_classes=2, method="rded", images_per_class=1,
                 teacher=brightness_teacher(), options={"select": "best"})
+
+
+def test_rded_candidates_scores_only_that_many_random_images_per_class():
+    x = constant_images(np.linspace(0.55, 0.99, 40).tolist() + [0.1, 0.2, 0.3])
+    y = np.array([0] * 40 + [1] * 3)
+    calls = []
+    out = distill(x, y, n_classes=2, method="rded", images_per_class=2,
+                  teacher=brightness_teacher(calls), options={"views": 1, "candidates": 8})
+    # class 0: 8 of its 40 images scored; class 1 has fewer than 8: all 3; then the final 4
+    assert sum(calls) == 8 + 3 + 4
+    levels = out.images.mean(axis=(1, 2, 3))
+    assert levels[0] >= levels[1] and levels[2:] == pytest.approx([0.1, 0.2], abs=1e-5)
+    again = distill(x, y, n_classes=2, method="rded", images_per_class=2,
+                    teacher=brightness_teacher(), options={"views": 1, "candidates": 8})
+    assert np.array_equal(out.images, again.images)  # the draw follows the seed
+    # every image scored: always the brightest two; 8 random ones: the best two of the draw
+    best = [distill(x, y, n_classes=2, method="rded", images_per_class=2, seed=s,
+                    teacher=brightness_teacher(), options={"views": 1, "candidates": c}
+                    ).images[0].mean() for s in range(5) for c in (0, 8)]
+    assert best[0::2] == pytest.approx([0.99] * 5) and min(best[1::2]) < 0.98
+    with pytest.raises(OmniferError, match="rded candidates is -1"):
+        distill(x, y, n_classes=2, method="rded", images_per_class=1,
+                teacher=brightness_teacher(), options={"candidates": -1})

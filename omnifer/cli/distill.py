@@ -37,6 +37,9 @@ from omnifer.distill.evaluate_config import DistillEvaluateConfig as E
 @click.option("--select", default=None,
               help="rded: top (the views the model scores highest) or spread (evenly over its "
                    f"scores, from typical to borderline) [{D.select}].")
+@click.option("--candidates", type=int, default=None,
+              help="rded: real images per class drawn at random to be scored; 0 scores every "
+                   f"image [{D.candidates}].")
 @click.option("--iterations", type=int, default=None,
               help="Image updates [dm 1000 (500 on CPU), gm 200, tm 500, sre2l 200].")
 @click.option("--lr-images", type=float, default=None, help="Learning rate of the pixels.")

@@ -45,6 +45,8 @@ class DistillConfig(StageConfig):
     views: int = RDEDOptions.views  #: rded: random views scored per real image, itself included
     #: rded: top (the views the model scores highest) or spread (evenly over its scores)
     select: str = RDEDOptions.select
+    #: rded: real images per class drawn at random to be scored (0: every image)
+    candidates: int = RDEDOptions.candidates
     #: None: the method's (dm 1000, 500 on CPU; gm 200; tm 500; sre2l 200)
     iterations: int | None = None
     lr_images: float | None = None  #: None: the method's
@@ -65,6 +67,12 @@ class DistillConfig(StageConfig):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         check_select(self.select)
+        _check_int("candidates", self.candidates, 0)
+        need = self.images_per_class * self.factor ** 2
+        if 0 < self.candidates < need:
+            raise OmniferError(f"candidates is {self.candidates}, fewer than the {need} images "
+                               "a class needs (images per class x factor^2); use at least "
+                               f"{need}, or 0 to score every image")
         lr = self.lr_images
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
                                or not math.isfinite(lr) or lr <= 0):
@@ -87,9 +95,10 @@ class DistillConfig(StageConfig):
 
     def distill_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`omnifer.distill.distill` this config sets (``size``
-        and ``with_labeled`` describe the data, not the distillation; ``factor``, ``views``
-        and ``select`` are rded's options; unset knobs are left to ``distill``'s defaults)."""
-        rded = ("factor", "views", "select")
+        and ``with_labeled`` describe the data, not the distillation; ``factor``, ``views``,
+        ``select`` and ``candidates`` are rded's options; unset knobs are left to ``distill``'s
+        defaults)."""
+        rded = ("factor", "views", "select", "candidates")
         out = {k: v for k, v in self.to_dict().items()
                if k not in ("size", "with_labeled", *rded) and v is not None}
         if self.method == "rded":

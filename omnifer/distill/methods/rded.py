@@ -1,14 +1,16 @@
 """``rded``, realistic and diverse distillation (RDED): a trained model -- the primitive
 model -- picks the real views it finds most typical of each class and labels them.
 
-Per class, every real image gives ``views`` random resized crops (the image itself is one),
-the model scores each by the log-probability of the class, and each image keeps its best view.
+Per class, every real image (or ``candidates`` of them drawn at random, at least the images
+needed) gives ``views`` random resized crops (the image itself is one), the model scores each
+by the log-probability of the class, and each image keeps its best view.
 The ``images_per_class * factor**2`` best images' views are kept (an image gives a second view
 only when the class has fewer images than that, and more views are drawn when needed;
 ``select="spread"`` keeps views evenly spaced over the scores instead); ``factor`` > 1
 stitches ``factor x factor`` of them, shrunk, into one image. The model's probabilities on the
 final images are stored as soft labels. One scoring pass per image: the cost grows linearly
-with the source set, and a run resumes class by class from its checkpoint.
+with the source set (``candidates`` bounds it), and a run resumes class by class from its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class RDEDOptions:
     scale_min: float = 0.5   # the smallest share of an image's area a view keeps
     batch_size: int = 128    # images scored at once
     select: str = "top"      # top: the best-scored images; spread: evenly over the score order
+    candidates: int = 0      # real images per class drawn at random to be scored (0: all)
 
 
 @METHODS.register("rded")
@@ -69,8 +72,9 @@ class RDED:
         for c in range(n_classes):
             if c not in done:
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + c)  # resumable per class
-                done[c] = stitch(best_views(x[y == c], c, ipc * opts.factor ** 2, opts, teacher,
-                                            gen), opts.factor)
+                n = ipc * opts.factor ** 2
+                xc = draw_candidates(x[y == c], opts.candidates and max(opts.candidates, n), gen)
+                done[c] = stitch(best_views(xc, c, n, opts, teacher, gen), opts.factor)
                 if checkpoint is not None:
                     with atomic_path(checkpoint) as tmp:
                         torch.save({"fingerprint": tag, "classes": done}, tmp)
@@ -105,11 +109,24 @@ def check_select(select: str) -> None:
         raise OmniferError(f"rded select {select!r} is unknown; use one of {', '.join(SELECT)}")
 
 
+def draw_candidates(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` of the images ``x`` drawn at random (all of them when ``n`` is 0 or ``x`` has no
+    more), in their order."""
+    import torch
+
+    if not n or len(x) <= n:
+        return x
+    return x[torch.randperm(len(x), generator=gen)[:n].sort().values]
+
+
 def check_options(opts: RDEDOptions, size: int) -> None:
     """One-line errors for options that cannot work on ``size`` px images."""
     if opts.factor < 1 or size % opts.factor:
         raise OmniferError(f"rded factor {opts.factor} does not divide the {size} px images; "
                            "use a factor of at least 1 that divides --size (1 or 2)")
+    if opts.candidates < 0:
+        raise OmniferError(f"rded candidates is {opts.candidates}; use 0 (every image) or the "
+                           "number of images per class to score")
     if opts.views < 1 or opts.batch_size < 1:
         raise OmniferError(f"rded views {opts.views} and batch_size {opts.batch_size} must be "
                            "at least 1")
